@@ -57,6 +57,9 @@ def exec_in(ct, argv: list[str], *, wait: bool = True, quiet: bool = False, stdi
             _join(ct, init_pid)
             child = os.fork()
             if child == 0:
+                # Its own session inside the container, so that it and what it
+                # leaves running belong to the container (and can be checkpointed).
+                os.setsid()
                 if quiet:
                     null = os.open("/dev/null", os.O_RDWR)
                     os.dup2(null, 1)

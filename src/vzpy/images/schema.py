@@ -563,6 +563,8 @@ TASK = _core(
         F("child_subreaper", 17, "bool"),
         F("cgroup", 18, "str", doc="cgroup path relative to the container's cgroup"),
         F("start_time", 19, "uint", doc="clock ticks after boot, /proc/PID/stat field 22"),
+        F("exit_signal", 20, "uint", doc="signal sent to the parent on exit (stat field 38)"),
+        F("umask", 21, "uint"),
     ],
     "per process: task-PID.img",
 )
@@ -697,6 +699,26 @@ MM = _core(
     "an address space: mm-PID.img (PID of the first task using it)",
 )
 
+SHMEM_OBJECT = _core(
+    "shmem_object",
+    33,
+    "memory",
+    [
+        F("ino", 1, "uint", optional=False, doc="inode at dump; contents in pages-shmem-INO.img"),
+        F("size", 2, "uint", doc="object size in bytes"),
+        F("kind", 3, "str", doc="shmem (shared anonymous), memfd or sysv_shm"),
+        F("path", 4, "str", doc="as /proc/PID/maps showed it"),
+    ],
+)
+
+SHMEM_OBJECTS = _core(
+    "shmem_objects",
+    32,
+    "memory",
+    [F("objects", 1, "list[shmem_object]")],
+    "shared memory objects (MAP_SHARED anonymous, memfd, SysV): shmem_objects.img",
+)
+
 PAGEMAP = _core(
     "pagemap",
     40,
@@ -743,6 +765,7 @@ REG_FILE = _core(
         F("ino", 6, "uint"),
         F("deleted", 7, "bool", doc="unlinked while open; contents saved by its module"),
         F("external", 8, "bool", doc="outside the container: supplied at restore"),
+        F("ghost_id", 9, "uint", doc="deleted file: its contents are ghost_file-ID.img"),
     ],
     "a regular file or directory",
 )

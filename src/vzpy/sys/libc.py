@@ -84,6 +84,9 @@ SYS_timer_gettime = 224
 SYS_timer_getoverrun = 225
 SYS_timer_delete = 226
 SYS_exit_group = 231
+SYS_tgkill = 234
+SYS_rt_tgsigqueueinfo = 297
+SYS_rt_sigtimedwait = 128
 SYS_set_tid_address = 218
 SYS_restart_syscall = 219
 SYS_clock_nanosleep = 230
@@ -343,6 +346,36 @@ class NsFd:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def run_in_ns(pid: int, kinds: tuple[str, ...], fn, *args, **kwargs):
+    """Run fn in a fresh thread that joined namespaces `kinds` of `pid` (net, uts, ipc).
+
+    Only namespaces that are per-thread may be joined this way (not mnt or pid).
+    """
+    import threading
+
+    fds = [(os.open(f"/proc/{pid}/ns/{k}", os.O_RDONLY | os.O_CLOEXEC), NS_FLAGS[k]) for k in kinds]
+    result: dict = {}
+
+    def body() -> None:
+        try:
+            for fd, flag in fds:
+                setns(fd, flag)
+            result["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # re-raised in the caller below
+            result["error"] = e
+
+    try:
+        t = threading.Thread(target=body, name="ns")
+        t.start()
+        t.join()
+    finally:
+        for fd, _ in fds:
+            os.close(fd)
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
 
 
 def run_in_netns(netns_path_or_pid: str | int, fn, *args, **kwargs):

@@ -1,0 +1,408 @@
+"""Open files: the fd tables of the container's processes, and the kinds of file.
+
+Dump: every fd of a task is copied into the dumper with pidfd_getfd; copies
+that refer to the same open file description (kcmp KCMP_FILE) get one file
+id, so offsets and flags shared after fork() stay shared.  Each file goes to
+the first registered ``FdKind`` that claims it; a file nobody claims refuses
+the dump, naming the task, the fd and what it is.
+
+Restore: each file is rebuilt once, in the restorer (``kind.restore`` returns
+an fd of ours), then handed to every task holding it through the FdChannel
+and dup3()ed to its number.
+
+Adding a kind of file = one module that defines an ``FdKind`` subclass, calls
+``register_fd_kind`` at import time and registers its record type with
+``register_record``; ``load_kinds()`` imports every resources module.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import importlib
+import os
+import pkgutil
+import stat
+from dataclasses import dataclass, field
+
+from .. import procfs
+from ..errors import RestoreError, UnsupportedError
+from ..images.schema import Field, register_record
+from ..sys import libc
+
+PIPE = register_record("pipe", id=1001, category="file", fields=[
+    Field("pipe_id", 1, "uint", optional=False, doc="pipe inode at dump"),
+    Field("fifo_path", 2, "str", doc="for a FIFO opened by path"),
+])
+PIPE_DATA = register_record("pipe_data", id=1002, category="file", fields=[
+    Field("pipe_id", 1, "uint", optional=False),
+    Field("size", 2, "uint", doc="F_GETPIPE_SZ"),
+    Field("data", 3, "bytes", doc="unread bytes, read with tee() so the pipe kept them"),
+], doc="contents of a pipe buffer: pipe_data-INO.img")
+GHOST_FILE = register_record("ghost_file", id=1003, category="file", fields=[
+    Field("ino", 1, "uint", optional=False),
+    Field("mode", 2, "uint"),
+    Field("data", 3, "bytes", doc="contents of a file that was unlinked while open"),
+], doc="ghost_file-INO.img")  # fmt: skip
+
+O_ACCMODE = 0o3
+O_CLOEXEC = 0o2000000
+O_PATH = 0o10000000
+F_GETPIPE_SZ = 1032
+F_SETPIPE_SZ = 1031
+SPLICE_F_NONBLOCK = 2
+
+
+@dataclass
+class FdProbe:
+    """What the dumper knows about one fd of one task."""
+
+    pid: int  # host pid
+    nspid: int
+    fd: int
+    link: str
+    info: procfs.FdInfo
+    copy: int  # our copy of the fd (pidfd_getfd), -1 if it cannot be copied
+    st: os.stat_result | None
+
+    @property
+    def flags(self) -> int:
+        return self.info.flags
+
+
+class FdKind:
+    """One kind of open file: how to recognise, save and rebuild it."""
+
+    name = "?"
+
+    def match(self, probe: FdProbe) -> bool:
+        raise NotImplementedError
+
+    def dump(self, ctx, probe: FdProbe) -> dict:
+        """Return the kind's detail record (a dict with ``_type`` naming its record type)."""
+        raise NotImplementedError
+
+    def restore(self, rctx, entry: dict) -> int:
+        """Rebuild the file in the restorer; return our fd (the caller closes it)."""
+        raise NotImplementedError
+
+    def after_tasks(self, rctx, entry: dict) -> None:  # noqa: B027 - optional hook
+        """Called once all tasks hold their fds (e.g. to fill epoll sets)."""
+
+
+KINDS: list[FdKind] = []
+
+
+def register_fd_kind(kind: FdKind) -> FdKind:
+    KINDS.append(kind)
+    return kind
+
+
+def load_kinds() -> None:
+    from .. import resources
+
+    for mod in pkgutil.iter_modules(resources.__path__):
+        importlib.import_module(f"vzpy.resources.{mod.name}")
+
+
+def kind_for_detail(detail: dict) -> FdKind:
+    typ = detail.get("_type")
+    for k in KINDS:
+        if typ in getattr(k, "record_types", (k.name,)):
+            return k
+    raise RestoreError(f"No restorer for file kind {typ}")
+
+
+# --- the dump side ------------------------------------------------------------------------
+
+
+@dataclass
+class FileTable:
+    """Every open file description of the container, by id."""
+
+    entries: list[dict] = field(default_factory=list)
+    copies: list[int] = field(default_factory=list)  # our fds, closed at the end
+    _by_ino: dict[tuple[int, int], list[tuple[int, int]]] = field(default_factory=dict)
+    next_id: int = 1
+    mapped: dict[str, dict] = field(default_factory=dict)
+
+    def close(self) -> None:
+        for fd in self.copies:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.copies.clear()
+
+    def note_mapped_file(self, ctx, proc, vma) -> None:
+        """A file mapped by a task: remember it (the file system travels with the container)."""
+        self.mapped.setdefault(vma.path, {"path": vma.path, "ino": vma.inode})
+
+    def _identify(self, probe: FdProbe) -> int | None:
+        """File id of an already seen description of the same file, via kcmp."""
+        if probe.st is None or probe.copy < 0:
+            return None
+        key = (probe.st.st_dev, probe.st.st_ino)
+        me = os.getpid()
+        for fid, other in self._by_ino.get(key, []):
+            try:
+                if libc.kcmp(me, me, libc.KCMP_FILE, probe.copy, other) == 0:
+                    return fid
+            except OSError:
+                continue
+        return None
+
+    def dump_fds(self, ctx, proc) -> dict:
+        pid = proc.pid
+        fds = []
+        try:
+            names = os.listdir(f"/proc/{pid}/fd")
+        except OSError as e:
+            raise UnsupportedError(f"Can't read fds of task {proc.nspid}: {e.strerror}") from e
+        for name in sorted(names, key=int):
+            fd = int(name)
+            try:
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as f:
+                    info = procfs.parse_fdinfo(f.read())
+            except FileNotFoundError:
+                continue
+            try:
+                copy = libc.pidfd_getfd(proc.pidfd, fd)
+                self.copies.append(copy)
+                st = os.fstat(copy)
+            except OSError:
+                copy, st = -1, None
+            probe = FdProbe(pid, proc.nspid, fd, link, info, copy, st)
+            fid = self._identify(probe)
+            if fid is None:
+                kind = next((k for k in KINDS if k.match(probe)), None)
+                if kind is None:
+                    raise UnsupportedError(
+                        f"Can't dump task {proc.nspid} ({proc.comm}): fd {fd} is {link}, "
+                        "a kind of file vzpy cannot checkpoint yet"
+                    )
+                detail = kind.dump(ctx, probe)
+                fid = self.next_id
+                self.next_id += 1
+                self.entries.append(
+                    {
+                        "id": fid,
+                        "flags": info.flags & ~O_CLOEXEC,
+                        "pos": info.pos,
+                        "detail": detail,
+                    }
+                )
+                if st is not None:
+                    self._by_ino.setdefault((st.st_dev, st.st_ino), []).append((fid, copy))
+            fds.append({"fd": fd, "file_id": fid, "cloexec": bool(info.flags & O_CLOEXEC)})
+        return {"files_id": proc.nspid, "fds": fds}
+
+
+def fmode_ok(flags: int) -> int:
+    return flags & O_ACCMODE
+
+
+# --- regular files, directories, device nodes ---------------------------------------------
+
+
+class RegFileKind(FdKind):
+    """Files reached by a path: regular files, directories, char devices, FIFOs (by path)."""
+
+    name = "reg_file"
+    record_types = ("reg_file",)
+
+    def match(self, probe: FdProbe) -> bool:
+        if probe.st is None:
+            return False
+        m = probe.st.st_mode
+        if stat.S_ISREG(m) or stat.S_ISDIR(m):
+            return probe.link.startswith("/")
+        if stat.S_ISCHR(m):
+            return probe.link.startswith("/dev/") and not probe.link.startswith("/dev/pts/")
+        return False
+
+    def dump(self, ctx, probe: FdProbe) -> dict:
+        link = probe.link
+        deleted = link.endswith(" (deleted)")
+        path = link[: -len(" (deleted)")] if deleted else link
+        st = probe.st
+        rec = {
+            "_type": "reg_file",
+            "path": path,
+            "mnt_id": probe.info.mnt_id,
+            "size": st.st_size,
+            "mode": st.st_mode,
+            "dev": f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}",
+            "ino": st.st_ino,
+            "deleted": deleted,
+        }
+        if deleted:
+            if not stat.S_ISREG(st.st_mode):
+                raise UnsupportedError(f"Can't dump task {probe.nspid}: fd {probe.fd} is a deleted {link}")
+            ctx.deleted_files.save(ctx, probe, rec)
+        elif probe.flags & O_PATH == 0 and stat.S_ISREG(st.st_mode):
+            pass
+        return rec
+
+    def restore(self, rctx, entry: dict) -> int:
+        d = entry["detail"]
+        flags = entry["flags"] & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | O_CLOEXEC)
+        path = d["path"]
+        if d.get("deleted"):
+            return rctx.deleted_files.reopen(rctx, entry)
+        try:
+            fd = rctx.open_in_root(path, flags | O_CLOEXEC | os.O_NOCTTY)
+        except OSError as e:
+            raise RestoreError(f"Can't reopen {path}: {e.strerror}") from e
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and d.get("size") is not None and st.st_size < entry.get("pos", 0):
+            os.close(fd)
+            raise RestoreError(f"File {path} is shorter than its saved offset ({st.st_size} < {entry['pos']})")
+        if entry.get("pos") and not stat.S_ISCHR(st.st_mode):
+            os.lseek(fd, entry["pos"], os.SEEK_SET)
+        return fd
+
+
+register_fd_kind(RegFileKind())
+
+
+class DeletedFiles:
+    """Files opened and then unlinked: their contents travel in the image."""
+
+    def __init__(self) -> None:
+        self.saved: dict[int, str] = {}
+
+    def save(self, ctx, probe: FdProbe, rec: dict) -> None:
+        key = rec["ino"]
+        rec["ghost_id"] = key
+        if key in self.saved:
+            return
+        name = f"ghost-{key}"
+        with open(f"/proc/{probe.pid}/fd/{probe.fd}", "rb") as src:
+            data = src.read()
+        ctx.img.write("ghost_file", {"ino": key, "mode": rec["mode"], "data": data}, name=str(key))
+        self.saved[key] = name
+
+    def reopen(self, rctx, entry: dict) -> int:
+        d = entry["detail"]
+        ghost = rctx.img.read("ghost_file", str(d["ghost_id"]))
+        path = d["path"]
+        dirname = os.path.dirname(path) or "/"
+        # Recreate it under a temporary name in its directory, open, unlink.
+        tmpname = f"{dirname.rstrip('/')}/.vzpy-ghost-{d['ghost_id']}"
+        fd = rctx.open_in_root(tmpname, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, ghost["data"])
+            os.fchmod(fd, stat.S_IMODE(ghost["mode"]))
+        finally:
+            rctx.unlink_in_root(tmpname)
+        flags = entry["flags"] & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+        if flags & O_ACCMODE != os.O_RDWR:
+            # reopen with the dumped access mode through /proc/self/fd
+            fd2 = os.open(f"/proc/self/fd/{fd}", (flags & ~O_CLOEXEC) | O_CLOEXEC)
+            os.close(fd)
+            fd = fd2
+        os.lseek(fd, entry.get("pos", 0), os.SEEK_SET)
+        return fd
+
+
+# --- pipes and FIFOs ----------------------------------------------------------------------------
+
+
+class PipeKind(FdKind):
+    """Pipes: both ends, the buffer size and any unread data (read with tee(), not consumed)."""
+
+    name = "pipe"
+    record_types = ("pipe",)
+
+    def match(self, probe: FdProbe) -> bool:
+        return probe.link.startswith("pipe:[") or (
+            probe.st is not None and stat.S_ISFIFO(probe.st.st_mode) and probe.link.startswith("/")
+        )
+
+    def dump(self, ctx, probe: FdProbe) -> dict:
+        fifo_path = probe.link if probe.link.startswith("/") else None
+        ino = probe.st.st_ino if probe.st else procfs.parse_ns_link(probe.link)[1]
+        rec = {"_type": "pipe", "pipe_id": ino, "fifo_path": fifo_path}
+        ctx.pipes.dump_data(ctx, probe, ino)
+        return rec
+
+    def restore(self, rctx, entry: dict) -> int:
+        d = entry["detail"]
+        return rctx.pipes.end_for(rctx, d["pipe_id"], entry["flags"], d.get("fifo_path"))
+
+
+register_fd_kind(PipeKind())
+
+
+class Pipes:
+    """Pipe buffers of the container, each read once."""
+
+    def __init__(self) -> None:
+        self.data: dict[int, dict] = {}
+
+    def dump_data(self, ctx, probe: FdProbe, ino: int) -> None:
+        if ino in self.data:
+            return
+        # A read end of the same pipe, whatever end the task holds.
+        rfd = os.open(f"/proc/{probe.pid}/fd/{probe.fd}", os.O_RDONLY | os.O_NONBLOCK | O_CLOEXEC)
+        try:
+            size = fcntl.fcntl(rfd, F_GETPIPE_SZ)
+            r, w = os.pipe2(os.O_NONBLOCK | O_CLOEXEC)
+            try:
+                fcntl.fcntl(w, F_SETPIPE_SZ, size)
+                try:
+                    n = libc.tee(rfd, w, size, SPLICE_F_NONBLOCK)
+                except OSError as e:
+                    if e.errno != errno.EAGAIN:
+                        raise
+                    n = 0
+                buf = b""
+                while len(buf) < n:
+                    buf += os.read(r, n - len(buf))
+            finally:
+                os.close(r)
+                os.close(w)
+        finally:
+            os.close(rfd)
+        self.data[ino] = {"pipe_id": ino, "size": size, "data": buf}
+        ctx.img.write("pipe_data", self.data[ino], name=str(ino))
+
+
+class PipeRestorer:
+    def __init__(self) -> None:
+        self.made: dict[int, tuple[int, int]] = {}
+
+    def end_for(self, rctx, ino: int, flags: int, fifo_path: str | None) -> int:
+        if ino not in self.made:
+            r, w = os.pipe2(O_CLOEXEC)
+            rec = rctx.img.read("pipe_data", str(ino)) if rctx.img.has("pipe_data", str(ino)) else None
+            if rec:
+                try:
+                    fcntl.fcntl(w, F_SETPIPE_SZ, rec["size"])
+                except OSError:
+                    pass
+                if rec["data"]:
+                    os.write(w, rec["data"])
+            self.made[ino] = (r, w)
+        r, w = self.made[ino]
+        want = flags & O_ACCMODE
+        end = w if want == os.O_WRONLY else r
+        if want == os.O_RDWR:
+            # A FIFO opened O_RDWR: a fresh description reading and writing the same pipe.
+            fd = os.open(f"/proc/self/fd/{r}", os.O_RDWR | O_CLOEXEC)
+        else:
+            # Each task-side description is its own: reopen through /proc to get
+            # a new file with our flags (O_NONBLOCK...), same pipe.
+            fd = os.open(f"/proc/self/fd/{end}", (flags & ~O_CLOEXEC & ~os.O_CREAT) | O_CLOEXEC | os.O_NONBLOCK)
+            if not flags & os.O_NONBLOCK:
+                fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+                fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
+        return fd
+
+    def close(self) -> None:
+        for r, w in self.made.values():
+            os.close(r)
+            os.close(w)
+        self.made.clear()
