@@ -48,7 +48,6 @@ from .cgroup import CtCgroup
 
 TEMPLATE_EXTS = (".tar.gz", ".tar.xz", ".tar.zst", ".tar.bz2", ".tgz", ".tar")
 STOP_TIMEOUT_DEFAULT = 120
-VZPY_INIT = "/sbin/vzpy-init"
 
 
 def find_template(template_dir: str, name: str) -> str | None:
@@ -350,14 +349,10 @@ class Container:
 
     # --- start / stop -------------------------------------------------------------
     def init_argv(self) -> list[str]:
-        root = self.root or ""
-        for cand in ("/sbin/init",):
-            p = os.path.join(root, cand.lstrip("/"))
-            if os.path.lexists(p) and not os.path.realpath(p).endswith("vzpy-init"):
-                return [cand]
-        from ..initbin import install_init
+        """The template's /sbin/init, or vzpy's own minimal init installed into the tree."""
+        from ..initbin import container_init
 
-        return [install_init(root)]
+        return [container_init(self.root or "")]
 
     def prepare_files(self) -> None:
         """Hostname and resolver files inside the container, like vzctl's set scripts."""
