@@ -86,6 +86,36 @@ def record_to_regs(rec: dict) -> ptrace.UserRegs:
     return regs
 
 
+ERESTART_RESTARTBLOCK = 516
+SYS_nanosleep, SYS_clock_nanosleep = 35, 230
+TIMER_ABSTIME = 1
+U64 = 0xFFFFFFFFFFFFFFFF
+
+
+def restartable_regs(rec: dict) -> ptrace.UserRegs:
+    """The dumped registers, with a sleep interrupted by the dump made to go on.
+
+    A thread seized inside nanosleep/clock_nanosleep/futex/poll returns
+    -ERESTART_RESTARTBLOCK; the kernel would continue through
+    restart_syscall() with state kept in the task's restart_block, which a
+    new task does not have.  Instead the syscall is executed again: a
+    relative nanosleep with the remaining time the kernel wrote into `rem`
+    when it was interrupted (else the full time again: a sleep may last
+    longer, never shorter), anything else with its original arguments.
+    """
+    regs = record_to_regs(rec)
+    if regs.rax == (-ERESTART_RESTARTBLOCK) & U64 and regs.orig_rax < (1 << 63):
+        nr = regs.orig_rax
+        if nr == SYS_nanosleep and regs.rsi:
+            regs.rdi = regs.rsi
+        elif nr == SYS_clock_nanosleep and not regs.rsi & TIMER_ABSTIME and regs.r10:
+            regs.rdx = regs.r10
+        regs.rax = nr
+        regs.rip -= 2
+        regs.orig_rax = U64  # -1: no further restart handling by the kernel
+    return regs
+
+
 # --- dump ----------------------------------------------------------------------------
 
 

@@ -35,6 +35,7 @@ from ..container.ct import Container
 from ..errors import ImageError, NotRunningError, RestoreError, RunningError, VzError
 from ..images import ImageReader
 from ..initbin import open_in_root
+from ..resources import base as res_base
 from ..resources import files as res_files
 from ..resources import memory as res_memory
 from ..resources import task as res_task
@@ -217,6 +218,8 @@ def restore_container(ct: Container, path: str, mode: str = "full", skip_arpdete
             ct.cgroup.freeze()
         _release(rctx)
         ok = True
+        for r in res_base.CT_RESOURCES:
+            r.after_release(rctx)
     except VzError:
         raise
     except (OSError, ptrace.TaskGone, KeyError, ValueError) as e:
@@ -225,6 +228,11 @@ def restore_container(ct: Container, path: str, mode: str = "full", skip_arpdete
         rctx.close()
         if not ok:
             _kill_tree(rctx)
+            for r in res_base.CT_RESOURCES:
+                try:
+                    r.cleanup(rctx)
+                except Exception as e:  # noqa: BLE001 - keep cleaning up
+                    log.error(f"Warning: cleanup of {r.name} failed: {e}")
             ct.cleanup_runtime(keep_mount=was_mounted)
             log.error('Container restore failed (try to check kernel messages, e.g. "dmesg | tail")')
     if mode == "full":
@@ -287,6 +295,8 @@ def _undump(rctx: RestoreCtx, skip_arpdetect: bool) -> None:
         capability=ct.cfg.get("CAPABILITY"),
         join_cgroup=cg.join,
     )
+    for r in res_base.CT_RESOURCES:
+        r.prepare(rctx, spec)
     stub = spawn(spec, network)
     rctx.stub_pid = stub
     rctx.root_fd = os.open(f"/proc/{stub}/root", os.O_PATH | os.O_CLOEXEC)
@@ -297,6 +307,8 @@ def _undump(rctx: RestoreCtx, skip_arpdetect: bool) -> None:
     init = rctx.tasks[0]
     init.host_pid = stub
     init.host_tids[init.pid] = stub
+    for r in res_base.CT_RESOURCES:
+        r.restore_early(rctx)
     _build_tree(rctx)
     for t in rctx.tasks:
         if not t.zombie:
@@ -304,6 +316,8 @@ def _undump(rctx: RestoreCtx, skip_arpdetect: bool) -> None:
     for t in rctx.tasks:
         if t.zombie:
             _make_zombie(rctx, t)
+    for r in res_base.CT_RESOURCES:
+        r.restore_late(rctx)
     for t in rctx.tasks:
         if not t.zombie:
             _finish_task(rctx, t)
@@ -412,6 +426,9 @@ def _restore_task(rctx: RestoreCtx, t: RTask) -> None:
             rctx.channel = None
         res_task.restore_task(rctx, t, inj, t.rec)
         res_task.restore_posix_timers(rctx, t, inj, t.rec)
+        for r in res_base.TASK_RESOURCES:
+            if img.has(r.name, str(t.pid)):
+                r.restore(rctx, t, inj, img.read(r.name, str(t.pid)))
         mmr.set_mm_fields()
         # Threads: clone them now that the address space is in place.
         for ns_tid in t.threads[1:]:
@@ -545,7 +562,7 @@ def _finish_task(rctx: RestoreCtx, t: RTask) -> None:
     for ns_tid in t.threads:
         tid = t.host_tids[ns_tid]
         th = threads[ns_tid]
-        ptrace.set_regs(tid, res_task.record_to_regs(th["regs"]))
+        ptrace.set_regs(tid, res_task.restartable_regs(th["regs"]))
         if th.get("xstate"):
             ptrace.set_xstate(tid, th["xstate"])
         ptrace.set_sigmask(tid, th.get("blocked", 0))
