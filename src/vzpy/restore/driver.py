@@ -316,6 +316,10 @@ def _undump(rctx: RestoreCtx, skip_arpdetect: bool) -> None:
     for t in rctx.tasks:
         if t.zombie:
             _make_zombie(rctx, t)
+    # File kinds that need every file to exist first (epoll targets...).
+    for entry in _files_by_id(rctx).values():
+        if entry["id"] in rctx.file_fds:
+            res_files.kind_for_detail(entry["detail"]).after_tasks(rctx, entry)
     for r in res_base.CT_RESOURCES:
         r.restore_late(rctx)
     for t in rctx.tasks:
