@@ -388,10 +388,10 @@ class Container:
         dump = self.cfg.default_dumpfile()
         if os.path.exists(dump):
             log.info(f"Dump file {dump} exists, trying to restore from it")
-            from ..restore.driver import restore_container
+            from ..restore.driver import restore_command
 
             try:
-                restore_container(self, dump, mode="full")
+                restore_command(self, None, dump)
                 return
             except VzError as e:
                 log.error(f"Restore from {dump} failed: {e}; starting normally")

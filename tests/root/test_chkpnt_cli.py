@@ -1,0 +1,179 @@
+"""`vzctl chkpnt` / `vzctl restore` as an admin drives them (vzctl-reference.md §1.5)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import struct
+import time
+import zlib
+
+import pytest
+import zdtm
+from cbuild import build_c
+
+pytestmark = pytest.mark.root
+
+IO_URING_HOLDER = r"""
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(void) {
+    unsigned char params[120];
+    memset(params, 0, sizeof params);
+    int fd = syscall(425, 4, params);   /* io_uring_setup */
+    FILE *f = fopen("/root/uring.ready", "w");
+    fprintf(f, "%d\n", fd);
+    fclose(f);
+    for (;;) pause();
+}
+"""
+
+
+def start_counter_ct(node, ctid):
+    node.create(ctid)
+    node.ok("start", str(ctid))
+    z = zdtm.ZdtmRun(node, ctid, "memory_basic")
+    z.start()
+    return z
+
+
+def dumpfile(node, ctid):
+    return os.path.join(node.vzdir, "dump", f"Dump.{ctid}")
+
+
+def test_full_chkpnt_restore_and_start(node):
+    z = start_counter_ct(node, 160)
+    out = node.ok("chkpnt", "160")
+    for line in ("Setting up checkpoint...", "\tsuspend...", "\tdump...", "\tkill...",
+                 "Checkpointing completed successfully"):  # fmt: skip
+        assert line in out, out
+    assert node.ok("status", "160").strip() == "CTID 160 exist unmounted down suspended"
+    assert node.vzlist("-a", "-H", "-o", "ctid,status").stdout.split() == ["160", "suspended"]
+    d = dumpfile(node, 160)
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    for name in os.listdir(d):
+        assert stat.S_IMODE(os.stat(os.path.join(d, name)).st_mode) == 0o600, name
+    # `vzctl start` on a suspended container restores it
+    out = node.ok("start", "160")
+    assert f"Dump file {d} exists, trying to restore from it" in out
+    assert "Restoring completed successfully" in out
+    assert not os.path.exists(d)
+    assert node.ok("status", "160").strip() == "CTID 160 exist mounted running"
+    assert z.finish().strip().endswith("PASS")
+    node.ok("stop", "160")
+
+
+def test_staged_suspend_dump_kill_restore(node):
+    z = start_counter_ct(node, 161)
+    d = os.path.join(node.vzdir, "dump", "staged")
+    node.ok("chkpnt", "161", "--suspend")
+    pids = node.ct_procs(161)
+    states = {open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()[0] for p in pids}
+    assert states <= {"S", "D", "T"}, states  # frozen
+    node.ok("chkpnt", "161", "--dump", "--dumpfile", d)
+    assert os.path.exists(os.path.join(d, "inventory.img"))
+    assert node.ct_procs(161) == pids  # still there, frozen
+    # resume instead of kill: the container goes on unchanged
+    node.ok("chkpnt", "161", "--resume")
+    assert node.ok("status", "161").split()[4] == "running"
+    # then kill and bring it back from the staged image in two steps
+    node.ok("chkpnt", "161", "--suspend")
+    node.ok("chkpnt", "161", "--kill")
+    assert node.ct_procs(161) == []
+    out = node.ok("restore", "161", "--undump", "--dumpfile", d)
+    assert "Restoring" in out
+    frozen = node.ct_procs(161)
+    assert frozen
+    assert os.path.exists(os.path.join(d, "inventory.img"))  # kept: not a full restore
+    node.ok("restore", "161", "--resume")
+    assert z.finish().strip().endswith("PASS")
+    node.ok("stop", "161")
+
+
+def test_restore_kill_after_undump(node):
+    start_counter_ct(node, 162)
+    d = os.path.join(node.vzdir, "dump", "u")
+    node.ok("chkpnt", "162", "--dumpfile", d)
+    node.ok("restore", "162", "--undump", "--dumpfile", d)
+    assert node.ct_procs(162)
+    node.ok("restore", "162", "--kill")
+    assert node.ct_procs(162) == []
+    assert node.ok("status", "162").split()[4] == "down"
+
+
+def test_failed_dump_leaves_container_running(node):
+    z = start_counter_ct(node, 163)
+    priv = os.path.join(node.vzdir, "private", "163")
+    shutil.copy(build_c(IO_URING_HOLDER, "uring_holder"), os.path.join(priv, "root", "uring"))
+    node.ok("exec", "163", "(/root/uring >/dev/null 2>&1 &)")
+    deadline = time.monotonic() + 10
+    while not os.path.exists(os.path.join(priv, "root", "uring.ready")):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    before = sorted(node.ct_procs(163))
+    r = node.vzctl("chkpnt", "163")
+    assert r.returncode == 16, (r.stdout, r.stderr)
+    assert "Checkpointing failed" in r.stderr
+    assert "io_uring" in r.stderr  # names the fd and what it is
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(dumpfile(node, 163))
+    assert sorted(node.ct_procs(163)) == before
+    assert node.ok("status", "163").strip() == "CTID 163 exist mounted running"
+    # not frozen: the test program still answers
+    assert z.finish().strip().endswith("PASS")
+    node.ok("stop", "163")
+
+
+def corrupt(kind, d, other_image=None):
+    files = sorted(os.listdir(d))
+    if kind == "truncated":
+        p = os.path.join(d, next(f for f in files if f.startswith("mm-")))
+        with open(p, "r+b") as f:
+            f.truncate(os.path.getsize(p) // 2)
+    elif kind == "flipped":
+        p = os.path.join(d, next(f for f in files if f.startswith("pages-")))
+        with open(p, "r+b") as f:
+            f.seek(100)
+            b = f.read(1)
+            f.seek(100)
+            f.write(bytes([b[0] ^ 0xFF]))
+    elif kind == "missing":
+        os.unlink(os.path.join(d, next(f for f in files if f.startswith("thread-"))))
+    elif kind == "newer":
+        # As a later vzpy would write it: format major 99 in a valid envelope.
+        p = os.path.join(d, "inventory.img")
+        data = open(p, "rb").read()
+        body = data[:8] + struct.pack("<H", 99) + data[10:-4]
+        with open(p, "wb") as f:
+            f.write(body + struct.pack("<I", zlib.crc32(body)))
+    elif kind == "other_ct":
+        shutil.rmtree(d)
+        shutil.copytree(other_image, d)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "flipped", "missing", "newer", "other_ct"])
+def test_bad_images_are_refused(node, kind):
+    start_counter_ct(node, 164)
+    node.ok("chkpnt", "164")
+    other = None
+    if kind == "other_ct":
+        start_counter_ct(node, 165)
+        other = os.path.join(node.vzdir, "dump", "other")
+        node.ok("chkpnt", "165", "--dumpfile", other)
+    d = dumpfile(node, 164)
+    corrupt(kind, d, other)
+    r = node.vzctl("restore", "164")
+    assert r.returncode == 17, (kind, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    msg = r.stderr.strip().splitlines()[0]
+    assert len(msg) < 300
+    if kind == "other_ct":
+        assert "belongs to CT 165" in r.stderr
+    if kind == "newer":
+        assert "version" in r.stderr
+    assert node.ct_procs(164) == []  # nothing started
+    assert node.ok("status", "164").split()[4] == "down"
+    assert os.path.exists(d)  # the user's image is not deleted
