@@ -37,10 +37,10 @@ fi
 $PY -m pip install -q $BSP -e ".[test]"
 
 # ssh sessions and cron have a short PATH: put the tools where they look.
+SCRIPTS=$($PY -c 'import sysconfig; print(sysconfig.get_path("scripts"))')
 for tool in vzctl vzlist vzmigrate vzimage vzpy-template; do
-    src=$(command -v "$tool" || true)
-    if [ -n "$src" ] && [ "$src" != "/usr/local/sbin/$tool" ]; then
-        ln -sf "$src" "/usr/local/sbin/$tool"
+    if [ -x "$SCRIPTS/$tool" ] && [ "$SCRIPTS" != /usr/local/sbin ]; then
+        ln -sf "$SCRIPTS/$tool" "/usr/local/sbin/$tool"
     fi
 done
 mkdir -p /run/sshd

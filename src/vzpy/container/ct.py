@@ -532,6 +532,17 @@ def set_name_link(ctid: int, name: str) -> None:
     os.symlink(ct_conf_path(ctid), link)
 
 
+def remove_name_link(ctid: int) -> None:
+    """Drop every names/ link that points at this container's config."""
+    d = names_dir()
+    if not os.path.isdir(d):
+        return
+    for name in os.listdir(d):
+        link = os.path.join(d, name)
+        if os.path.islink(link) and os.path.basename(os.readlink(link)) == f"{ctid}.conf":
+            os.unlink(link)
+
+
 def name_owner(name: str) -> int | None:
     link = os.path.join(names_dir(), name)
     if not os.path.islink(link):

@@ -275,6 +275,12 @@ def set_params(ct, req: SetRequest, save: bool) -> None:
         else:
             conf.save()
             log.info(f"CT configuration saved to {conf.path}")
+        if req.name is not None:
+            from .ct import remove_name_link, set_name_link
+
+            remove_name_link(ct.ctid)
+            if req.name:
+                set_name_link(ct.ctid, req.name)
     else:
         tail = "and will be lost after CT restart " if running else ""
         log.info(f"WARNING: Settings were not saved to config {tail}(use --save flag)")
