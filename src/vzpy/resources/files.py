@@ -139,18 +139,52 @@ class FileTable:
         self.mapped.setdefault(vma.path, {"path": vma.path, "ino": vma.inode})
 
     def _identify(self, probe: FdProbe) -> int | None:
-        """File id of an already seen description of the same file, via kcmp."""
+        """File id of an already seen description of the same file, via kcmp.
+
+        Descriptions of one inode are kept sorted in kcmp's order (it orders
+        struct file pointers, obfuscated but consistent), so finding one is a
+        binary search: anonymous-inode files (every eventfd shares one inode)
+        stay cheap when a container holds thousands of them.
+        """
         if probe.st is None or probe.copy < 0:
             return None
-        key = (probe.st.st_dev, probe.st.st_ino)
+        group = self._by_ino.get((probe.st.st_dev, probe.st.st_ino))
+        if not group:
+            return None
+        lo, hi = 0, len(group)
         me = os.getpid()
-        for fid, other in self._by_ino.get(key, []):
+        while lo < hi:
+            mid = (lo + hi) // 2
+            fid, other = group[mid]
             try:
-                if libc.kcmp(me, me, libc.KCMP_FILE, probe.copy, other) == 0:
-                    return fid
+                c = libc.kcmp(me, me, libc.KCMP_FILE, probe.copy, other)
             except OSError:
-                continue
+                return None
+            if c == 0:
+                return fid
+            if c == 1:  # ours sorts first
+                hi = mid
+            elif c == 2:
+                lo = mid + 1
+            else:  # no ordering available: fall back to a linear scan
+                for fid2, other2 in group:
+                    if libc.kcmp(me, me, libc.KCMP_FILE, probe.copy, other2) == 0:
+                        return fid2
+                return None
         return None
+
+    def _remember(self, probe: FdProbe, fid: int) -> None:
+        key = (probe.st.st_dev, probe.st.st_ino)
+        group = self._by_ino.setdefault(key, [])
+        lo, hi = 0, len(group)
+        me = os.getpid()
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if libc.kcmp(me, me, libc.KCMP_FILE, probe.copy, group[mid][1]) == 1:
+                hi = mid
+            else:
+                lo = mid + 1
+        group.insert(lo, (fid, probe.copy))
 
     def dump_fds(self, ctx, proc) -> dict:
         pid = proc.pid
@@ -193,8 +227,8 @@ class FileTable:
                         "detail": detail,
                     }
                 )
-                if st is not None:
-                    self._by_ino.setdefault((st.st_dev, st.st_ino), []).append((fid, copy))
+                if st is not None and copy >= 0:
+                    self._remember(probe, fid)
             fds.append({"fd": fd, "file_id": fid, "cloexec": bool(info.flags & O_CLOEXEC)})
         return {"files_id": proc.nspid, "fds": fds}
 
