@@ -177,3 +177,25 @@ def test_bad_images_are_refused(node, kind):
     assert node.ct_procs(164) == []  # nothing started
     assert node.ok("status", "164").split()[4] == "down"
     assert os.path.exists(d)  # the user's image is not deleted
+
+
+@pytest.mark.parametrize("freezer", ["v1", "v2"])
+def test_both_freezers(node, freezer):
+    """Checkpoints work with the cgroup v2 freezer and with the v1 freezer."""
+    from vzpy.config import ConfFile
+
+    conf = ConfFile.load(os.path.join(node.confdir, "vz.conf"))
+    conf.set("FREEZER", freezer)
+    conf.save()
+    z = start_counter_ct(node, 166)
+    node.ok("chkpnt", "166", "--suspend")
+    if freezer == "v1":
+        state = open(f"/sys/fs/cgroup/freezer/{node.cgroup_prefix}/166/freezer.state").read().strip()
+        assert state == "FROZEN"
+    else:
+        events = open(f"/sys/fs/cgroup/unified/{node.cgroup_prefix}/166/cgroup.events").read()
+        assert "frozen 1" in events
+    node.ok("chkpnt", "166", "--resume")
+    z.cycle(1)
+    assert z.finish().strip().endswith("PASS")
+    node.ok("stop", "166")

@@ -262,3 +262,20 @@ def test_enter_pty(node):
     assert "/dev/pts/0" in text
     assert "exited from CT 109" in text
     node.ok("stop", "109")
+
+
+def test_gratuitous_arp_on_start(node, client):
+    """The node announces the container's IP: a LAN peer that accepts gratuitous
+    ARP learns the node's MAC for it without asking."""
+    ip = node.create(110)
+    client.run("sysctl", "-w", "net.ipv4.conf.eth0.arp_accept=1")
+    node.ok("start", "110")
+    mac = node.run("ip", "-o", "link", "show", "eth0").stdout.split("link/ether ")[1].split()[0]
+    assert mac
+
+    def learned():
+        out = client.run("ip", "neigh", "show", ip).stdout
+        return mac in out
+
+    assert wait_for(learned, timeout=5), client.run("ip", "neigh").stdout
+    node.ok("stop", "110")
