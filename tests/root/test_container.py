@@ -225,21 +225,20 @@ def test_containers_are_isolated(node):
 
 
 def test_enter_pty(node):
+    import pty
+    import select
+
     node.create(109)
     node.ok("start", "109")
-    import pty
-
     pid, fd = pty.fork()
     if pid == 0:
         os.execvpe(node.prefix()[0] if node.prefix() else "vzctl",
                    [*node.prefix(), "vzctl", "enter", "109"], node.env)  # fmt: skip
     out = b""
+    sent = False
     try:
-        deadline = time.monotonic() + 15
-        sent = False
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            import select
-
             r, _, _ = select.select([fd], [], [], 0.2)
             if r:
                 try:
@@ -249,14 +248,19 @@ def test_enter_pty(node):
                 if not chunk:
                     break
                 out += chunk
-            if b"entered into CT 109" in out and not sent:
+                if b"\x1b[6n" in chunk:
+                    # busybox ash asks the terminal where the cursor is: answer like one
+                    os.write(fd, b"\x1b[1;1R")
+            if not sent and b"entered into CT 109" in out and b"/# " in out:
                 os.write(fd, b"tty; echo pid-is-$$; exit\n")
                 sent = True
     finally:
         try:
+            os.kill(pid, signal.SIGKILL) if not sent else None
             os.waitpid(pid, 0)
-        except ChildProcessError:
+        except (ChildProcessError, ProcessLookupError):
             pass
+        os.close(fd)
     text = out.decode(errors="replace")
     assert "entered into CT 109" in text
     assert "/dev/pts/0" in text

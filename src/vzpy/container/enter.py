@@ -19,9 +19,11 @@ import tty
 
 from ..errors import NotRunningError, VzError
 from ..sys import libc
-from .spawn import INIT_ENV, drop_bounding_caps
+from .spawn import INIT_ENV, drop_bounding_caps, reset_signals
 
-NS_ORDER = ("ipc", "uts", "net", "pid", "cgroup", "mnt")
+# "time": the container's clocks (resources/timens.py); setns needs us single-threaded.
+_TIME_NS = ("time",) if os.path.exists("/proc/self/ns/time") else ()
+NS_ORDER = ("ipc", "uts", "net", "pid", "cgroup", *_TIME_NS, "mnt")
 TIOCGPTPEER = 0x5441
 TIOCSPTLCK = 0x40045431
 TIOCSCTTY = 0x540E
@@ -74,6 +76,7 @@ def exec_in(ct, argv: list[str], *, wait: bool = True, quiet: bool = False, stdi
                     os.dup2(sr, 0)
                     os.close(sr)
                 try:
+                    reset_signals()
                     os.execve(argv[0], argv, INIT_ENV)
                 except OSError as e:
                     os.write(w, f"{argv[0]}: {e.strerror}".encode())
@@ -133,6 +136,7 @@ def enter(ct, exec_cmd: list[str] | None = None) -> int:
                 os.close(slave)
                 os.close(master)
                 env = dict(INIT_ENV, TERM=os.environ.get("TERM", "xterm"))
+                reset_signals()
                 os.execve(shell, [shell, "-l"], env)
             os.close(master)
             _, st = os.waitpid(child, 0)

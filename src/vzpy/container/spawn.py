@@ -5,12 +5,12 @@ restorer (the process stays a stopped stub that the restorer seizes and turns
 into the dumped init).  The sequence:
 
   vzctl (P) --fork--> C: setsid, join the CT cgroups, unshare(mnt uts ipc net
-  pid cgroup), fork --> G (pid 1 of the new pid namespace); C reports G's pid
-  and exits.  G makes its mounts private, mounts the container's /proc, /sys,
-  /dev... under VE_ROOT, and waits for P.  P builds the network (veth into G's
-  netns) and tells G to go.  G sets the hostname, pivot_root()s into VE_ROOT,
-  drops capabilities from the bounding set, and execs init (or, as a restore
-  stub, waits to be seized).
+  pid cgroup time), write the time offsets, fork --> G (pid 1 of the new pid
+  namespace); C reports G's pid and exits.  G makes its mounts private, mounts
+  the container's /proc, /sys, /dev... under VE_ROOT, and waits for P.  P
+  builds the network (veth into G's netns) and tells G to go.  G sets the
+  hostname, pivot_root()s into VE_ROOT, drops capabilities from the bounding
+  set, and execs init (or, as a restore stub, waits to be seized).
 
 G reports a failure as one line on the status pipe; the pipe is close-on-exec,
 so EOF after "go" means exec succeeded.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -43,6 +44,9 @@ NS_CLONE_FLAGS = (
     | libc.CLONE_NEWNET
     | libc.CLONE_NEWPID
     | libc.CLONE_NEWCGROUP
+    # A time namespace (where the kernel has them) lets a restore carry the
+    # container's CLOCK_MONOTONIC/BOOTTIME on (resources/timens.py).
+    | (libc.CLONE_NEWTIME if os.path.exists("/proc/self/ns/time") else 0)
 )
 
 INIT_ENV = {
@@ -188,6 +192,24 @@ class SpawnSpec:
     init_argv: list[str] | None = None  # None: restore stub, do not exec
     capability: str | None = None
     join_cgroup: Callable[[int], None] | None = None
+    # (CLOCK_MONOTONIC, CLOCK_BOOTTIME) in ns the container's clocks read when
+    # its time namespace is made; None: the node's own clocks (zero offsets).
+    timens_clocks: tuple[int, int] | None = None
+
+
+def set_timens_offsets(clocks: tuple[int, int]) -> None:
+    """Offsets of the time namespace our next children enter (after
+    unshare(CLONE_NEWTIME), before the first fork), so that its
+    CLOCK_MONOTONIC and CLOCK_BOOTTIME read `clocks` now."""
+    lines = []
+    for clock_id, want in zip((time.CLOCK_MONOTONIC, time.CLOCK_BOOTTIME), clocks, strict=True):
+        sec, nsec = divmod(want - time.clock_gettime_ns(clock_id), 1_000_000_000)
+        lines.append(f"{clock_id} {sec} {nsec}\n")
+    fd = os.open("/proc/self/timens_offsets", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, "".join(lines).encode())
+    finally:
+        os.close(fd)
 
 
 def _child_fail(fd: int, msg: str) -> None:
@@ -216,6 +238,8 @@ def spawn(spec: SpawnSpec, before_go: Callable[[int], None]) -> int:
             if spec.join_cgroup:
                 spec.join_cgroup(os.getpid())
             libc.unshare(NS_CLONE_FLAGS)
+            if spec.timens_clocks is not None and NS_CLONE_FLAGS & libc.CLONE_NEWTIME:
+                set_timens_offsets(spec.timens_clocks)
             g = os.fork()
             if g:
                 os.write(status_w, f"P{g}\n".encode())
@@ -259,6 +283,17 @@ def spawn(spec: SpawnSpec, before_go: Callable[[int], None]) -> int:
         reader.close()
 
 
+def reset_signals() -> None:
+    """What a freshly exec'd program expects: default dispositions, nothing blocked.
+
+    Python ignores SIGPIPE and SIGXFSZ, and an ignored disposition survives
+    exec: `yes | head` inside the container would then loop on EPIPE forever.
+    """
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT, signal.SIGTERM, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
 def _kill(pid: int) -> None:
     try:
         os.kill(pid, signal.SIGKILL)
@@ -294,6 +329,7 @@ def _grandchild(spec: SpawnSpec, status_w: int, go_r: int) -> None:
             os.dup2(null, fd)
         os.closerange(3, status_w)
         os.closerange(status_w + 1, 65536)
+        reset_signals()
         os.execve(spec.init_argv[0], spec.init_argv, INIT_ENV)
     except BaseException as e:  # noqa: BLE001
         _child_fail(status_w, f"{type(e).__name__}: {e}")

@@ -669,6 +669,7 @@ VMA = _core(
         F("madv", 12, "uint", hex=True, doc="bit n set: madvise(n) was applied"),
         F("name", 13, "str", doc="anonymous VMA name (PR_SET_VMA_ANON_NAME)"),
         F("locked", 14, "bool"),
+        F("deleted", 15, "bool", doc="the backing file was unlinked (its contents: ghost_file-INO)"),
     ],
 )
 
@@ -885,6 +886,8 @@ TIME_NS = _core(
         F("monotonic_nsec", 3, "uint"),
         F("boottime_sec", 4, "int"),
         F("boottime_nsec", 5, "uint"),
+        F("monotonic_clock_ns", 6, "int", doc="the container's CLOCK_MONOTONIC when frozen"),
+        F("boottime_clock_ns", 7, "int", doc="the container's CLOCK_BOOTTIME when frozen"),
     ],
     "clock offsets of a time namespace",
 )
