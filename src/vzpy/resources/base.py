@@ -6,8 +6,23 @@ kind of object never touches the drivers.
 
 ``CtResource`` — container-wide state (namespaces, mounts, SysV IPC...):
     dump(ctx)                  after every process was dumped, tree still seized
+    dump_finish(ctx, ok, leave)  the dump is over (ok) or failed (not ok); tree
+                               still seized, network still locked; leave is
+                               'kill', 'frozen' or 'running'
+    resume_dumped(ct)          ``chkpnt --resume`` after ``--dump``: before the
+                               network is unlocked and the tree thawed
+    restore_network(rctx, pid) -> bool   the new netns exists, the veth's inner
+                               end is in it (down): True if the container side
+                               was configured (else the driver does it from the
+                               config)
     prepare(rctx, spec)        before the restore stub is spawned (e.g. mounts)
     restore_early(rctx)        stub exists and is seized, tree not built yet
+    session_created(rctx, task)  restore: `task` has just called setsid(), none
+                               of its children exists yet (tty.py: TIOCSCTTY,
+                               so that they inherit the controlling terminal)
+    restore_tree(rctx)         every task exists (a bare copy of the stub, seized),
+                               none restored yet: calls injected there run with
+                               the dumped pids (unix.py: SO_PEERCRED)
     restore_late(rctx)         every task restored, registers not yet set
     after_release(rctx)        tasks run (or are frozen): e.g. lift a lock
     cleanup(rctx)              restore failed: undo what restore_* made
@@ -29,10 +44,25 @@ class CtResource:
     def dump(self, ctx) -> None:  # noqa: B027
         pass
 
+    def dump_finish(self, ctx, ok: bool, leave: str) -> None:  # noqa: B027
+        pass
+
+    def resume_dumped(self, ct) -> None:  # noqa: B027
+        pass
+
     def prepare(self, rctx, spec) -> None:  # noqa: B027
         pass
 
+    def restore_network(self, rctx, pid: int) -> bool:
+        return False
+
     def restore_early(self, rctx) -> None:  # noqa: B027
+        pass
+
+    def session_created(self, rctx, task) -> None:  # noqa: B027
+        pass
+
+    def restore_tree(self, rctx) -> None:  # noqa: B027
         pass
 
     def restore_late(self, rctx) -> None:  # noqa: B027
