@@ -143,9 +143,12 @@ class Node:
             os.symlink(tiny_template(), dst)
         deb = debian_template()
         if deb:
-            ddst = os.path.join(self.vzdir, "template", "cache", os.path.basename(deb))
-            if not os.path.exists(ddst):
-                os.symlink(deb, ddst)
+            # every Debian template the setup command built (minimal, redis...)
+            for tname in os.listdir(os.path.dirname(deb)):
+                if tname.startswith("debian-12") and tname.endswith(".tar.gz"):
+                    ddst = os.path.join(self.vzdir, "template", "cache", tname)
+                    if not os.path.exists(ddst):
+                        os.symlink(os.path.join(os.path.dirname(deb), tname), ddst)
         if lan is not None:
             self.ns = f"vzt-{name}-{self.tag}"
             self.ip = lan.attach(self.ns)

@@ -34,6 +34,7 @@ from ..errors import (
     VzError,
 )
 from ..images import ImageWriter
+from ..resources import base as res_base
 from ..resources import files as res_files
 from ..resources import memory as res_memory
 from ..resources import task as res_task
@@ -229,30 +230,39 @@ def check_tree(ctx: DumpCtx) -> None:
             raise UnsupportedError(f"Can't dump zombie {p.nspid} with threads")
 
 
-def dump_container(ct: Container, image_dir: str, *, leave: str = "kill", lock_net: bool = True) -> DumpResult:
+def dump_container(
+    ct: Container, image_dir: str, *, leave: str = "kill", lock_net: bool = True,
+    writer=None, parent_pages=None,
+) -> DumpResult:  # fmt: skip
     """Dump a running container into image_dir.
 
     leave: 'kill' (full chkpnt), 'frozen' (chkpnt --dump), 'running' (keep running).
     On failure the container is left as it was (running, or frozen if it was frozen).
+    writer: an ImageWriter-like object to dump into instead of image_dir (vzmigrate
+    streams the image with it); parent_pages: which pages the writer's parent image
+    holds (checkpoint/precopy.py, used by resources/memory.dump_mm).
     """
     res_files.load_kinds()
     cg = ct.cgroup
     was_frozen = cg.is_frozen()
     t_start = time.monotonic()
-    if os.path.lexists(image_dir):
+    if writer is None and os.path.lexists(image_dir):
         if os.path.isdir(image_dir) and not os.listdir(image_dir):
             os.rmdir(image_dir)
         else:
             raise CheckpointError(f"Dump file {image_dir} already exists")
     _raise_nofile()
-    img = ImageWriter(image_dir, str(ct.ctid))
+    img = writer if writer is not None else ImageWriter(image_dir, str(ct.ctid))
     ctx = DumpCtx(ct=ct, img=img, reader=procfs.ProcReader())
+    if parent_pages is not None:
+        ctx.extra["parent_pages"] = parent_pages
     seizer = Seizer(cg)
     ok = False
     netns_pid = None
+    t_frozen = time.monotonic()
     try:
         seizer.seize_all()
-        t_frozen = time.monotonic()
+        ctx.extra["frozen_monotonic_ns"] = time.monotonic_ns()  # resources/timens.py
         collect_tree(ctx, seizer)
         netns_pid = ctx.init_pid
         if lock_net:
@@ -286,7 +296,8 @@ def dump_container(ct: Container, image_dir: str, *, leave: str = "kill", lock_n
         ok = True
     except BaseException:
         img.abort()
-        shutil.rmtree(image_dir, ignore_errors=True)
+        if writer is None:
+            shutil.rmtree(image_dir, ignore_errors=True)
         raise
     finally:
         ctx.files.close()
@@ -295,12 +306,14 @@ def dump_container(ct: Container, image_dir: str, *, leave: str = "kill", lock_n
                 os.close(p.pidfd)
         if not ok:
             # Back to how it was: running (or frozen if it was), network open.
+            _dump_finish(ctx, False, leave)
             seizer.release(refreeze=was_frozen)
             if ctx.netns_locked:
                 _unlock(netns_pid)
             if not was_frozen:
                 cg.thaw_all()
     # Success: finish the requested way.
+    _dump_finish(ctx, True, leave)
     if leave == "running":
         seizer.release(refreeze=False)
         if ctx.netns_locked:
@@ -312,6 +325,14 @@ def dump_container(ct: Container, image_dir: str, *, leave: str = "kill", lock_n
             cg.kill_all()
     result.frozen_ms = (time.monotonic() - t_frozen) * 1000
     return result
+
+
+def _dump_finish(ctx: DumpCtx, ok: bool, leave: str) -> None:
+    for r in res_base.CT_RESOURCES:
+        try:
+            r.dump_finish(ctx, ok, leave)
+        except Exception as e:  # noqa: BLE001 - every resource gets its turn
+            log.error(f"Warning: finishing the dump of {r.name} failed: {e}")
 
 
 def _unlock(netns_pid: int | None) -> None:
@@ -381,6 +402,11 @@ def _dump_one(ctx: DumpCtx, p: Proc) -> None:
             task = res_task.dump_task(ctx, p, inj)
             threads = [res_task.dump_thread(ctx, p, leader, inj)]
             mm = res_memory.dump_mm(ctx, p, inj)
+            extras = {}
+            for r in res_base.TASK_RESOURCES:
+                rec = r.dump(ctx, p, inj)
+                if rec is not None:
+                    extras[r.name] = rec
             inj.free_scratch()
         for tid in p.tids[1:]:
             with Injector(tid) as tinj:
@@ -403,6 +429,8 @@ def _dump_one(ctx: DumpCtx, p: Proc) -> None:
     img.write("mm", mm, name=p.nspid)
     img.write("fdinfo", fdinfo, name=p.nspid)
     img.write("fs", fs, name=p.nspid)
+    for extra_name, rec in extras.items():
+        img.write(extra_name, rec, name=p.nspid)
 
 
 def _readlink(path: str) -> str:
@@ -420,6 +448,8 @@ def _dump_container_wide(ctx: DumpCtx) -> None:
 
     uts = run_in_ns(ctx.init_pid, ("uts",), os.uname)
     img.write("uts_ns", {"nodename": uts.nodename, "domainname": _domainname(ctx.init_pid)})
+    for r in res_base.CT_RESOURCES:
+        r.dump(ctx)
 
 
 def _domainname(pid: int) -> str:
@@ -503,6 +533,9 @@ def _resume(ct: Container) -> None:
     cg = ct.cgroup
     pid = ct.init_pid()
     if pid is not None:
+        res_files.load_kinds()
+        for r in res_base.CT_RESOURCES:
+            r.resume_dumped(ct)  # e.g. sockets left in repair mode by --dump
         _unlock(pid)
     cg.thaw()
     net.announce(ct.ctid, ct.ips(), ct.cfg.get("NEIGHBOUR_DEVS"))

@@ -118,7 +118,7 @@ class RestoreCtx:
         raise RestoreError("No room for the restorer's scratch page")
 
     def set_args_area(self, inj, addr: int) -> None:
-        inj._args = (addr, SCRATCH_PAGES * 4096)
+        inj.set_arg_area(addr, SCRATCH_PAGES * 4096)
         self.args_area = addr
 
     def shmem_fd_for(self, inj, task: RTask, vma: dict) -> int:
@@ -164,6 +164,7 @@ class RestoreCtx:
 
     def close(self) -> None:
         self.pipes.close()
+        self.deleted_files.close()
         for fd in list(self.shmem.values()) + list(self.file_fds.values()):
             try:
                 os.close(fd)
@@ -186,25 +187,31 @@ def _addr_of(m):
 # --- the restore ----------------------------------------------------------------------------
 
 
-def open_image(ct: Container, path: str) -> ImageReader:
+def open_image(ct: Container, path: str, verify_parents: bool = True) -> ImageReader:
     if not os.path.exists(path):
         raise ImageError(f"Dump file {path} does not exist")
-    img = ImageReader(path, expect_ctid=str(ct.ctid))
-    img.verify()
+    # verify=False here: verify() checks every checksum, once.
+    img = ImageReader(path, expect_ctid=str(ct.ctid), verify=False)
+    img.verify(parents=verify_parents)
     return img
 
 
-def restore_container(ct: Container, path: str, mode: str = "full", skip_arpdetect: bool = False) -> float:
+def restore_container(
+    ct: Container, path: str, mode: str = "full", skip_arpdetect: bool = False,
+    verify_parents: bool = True,
+) -> float:  # fmt: skip
     """Restore `ct` from the image at `path`; returns the restore time in ms.
 
     mode 'full': tasks run afterwards and the image is removed;
     'undump': tasks are left frozen (``restore --resume`` thaws them).
+    verify_parents=False: the parent images (pre-dumps) were verified already
+    (vzmigrate's agent checks each one as it arrives, before the freeze).
     """
     t0 = time.monotonic()
     res_files.load_kinds()
     if ct.is_running():
         raise RunningError("Unable to perform restore: container already running")
-    img = open_image(ct, path)
+    img = open_image(ct, path, verify_parents)
     log.info("Restoring container ...")
     was_mounted = ct.is_mounted()
     ct.cleanup_runtime(keep_mount=True)
@@ -285,7 +292,9 @@ def _undump(rctx: RestoreCtx, skip_arpdetect: bool) -> None:
 
     def network(pid: int) -> None:
         net.setup_host_side(ct.ctid, pid, ips, None if not skip_arpdetect else "none")
-        net.setup_ct_side(pid, ct.ctid, ips)
+        # Resources may lock the new netns and configure it from the image.
+        if not any([r.restore_network(rctx, pid) for r in res_base.CT_RESOURCES]):
+            net.setup_ct_side(pid, ct.ctid, ips)
 
     spec = SpawnSpec(
         ctid=ct.ctid,
@@ -310,6 +319,8 @@ def _undump(rctx: RestoreCtx, skip_arpdetect: bool) -> None:
     for r in res_base.CT_RESOURCES:
         r.restore_early(rctx)
     _build_tree(rctx)
+    for r in res_base.CT_RESOURCES:
+        r.restore_tree(rctx)
     for t in rctx.tasks:
         if not t.zombie:
             _restore_task(rctx, t)
@@ -353,6 +364,7 @@ def _build_tree(rctx: RestoreCtx) -> None:
     if init.sid == 1:
         with Injector(init.host_pid) as inj:
             inj.call(SYS_setsid)
+        _session_created(rctx, init)
     helpers: dict[int, int] = {}
     for t in rctx.tasks[1:]:
         parent = by_pid.get(t.ppid)
@@ -374,6 +386,7 @@ def _build_tree(rctx: RestoreCtx) -> None:
         if t.sid == t.pid:
             with Injector(child) as inj:
                 inj.call(SYS_setsid)
+            _session_created(rctx, t)
     # process groups, once every possible leader exists
     for t in rctx.tasks:
         if t.pgid and t.pgid != _cur_pgid(t.host_pid):
@@ -388,6 +401,11 @@ def _build_tree(rctx: RestoreCtx) -> None:
         rctx.seized.remove(h)
         with Injector(init.host_pid) as inj:
             inj.wait4(sid, 0)
+
+
+def _session_created(rctx: RestoreCtx, t: RTask) -> None:
+    for r in res_base.CT_RESOURCES:
+        r.session_created(rctx, t)
 
 
 def _cur_pgid(host_pid: int) -> int:
@@ -429,7 +447,6 @@ def _restore_task(rctx: RestoreCtx, t: RTask) -> None:
             rctx.channel.close()
             rctx.channel = None
         res_task.restore_task(rctx, t, inj, t.rec)
-        res_task.restore_posix_timers(rctx, t, inj, t.rec)
         for r in res_base.TASK_RESOURCES:
             if img.has(r.name, str(t.pid)):
                 r.restore(rctx, t, inj, img.read(r.name, str(t.pid)))
@@ -442,10 +459,12 @@ def _restore_task(rctx: RestoreCtx, t: RTask) -> None:
             wait_new_child(child)
             rctx.seized.append(child)
             t.host_tids[ns_tid] = child
+        # Timers after the threads: a SIGEV_THREAD_ID timer needs its thread.
+        res_task.restore_posix_timers(rctx, t, inj, t.rec)
         res_task.restore_thread_state(rctx, t, t.host_pid, inj, threads[t.pid])
     for ns_tid in t.threads[1:]:
         with Injector(t.host_tids[ns_tid], keep_scratch=True) as tinj:
-            tinj._args = (rctx.args_area, SCRATCH_PAGES * 4096)
+            tinj.set_arg_area(rctx.args_area, SCRATCH_PAGES * 4096)
             res_task.restore_thread_state(rctx, t, t.host_tids[ns_tid], tinj, threads[ns_tid])
     t.threads_rec = threads
     t.scratch = rctx.args_area
@@ -550,14 +569,15 @@ def _finish_task(rctx: RestoreCtx, t: RTask) -> None:
     area = (scratch, SCRATCH_PAGES * 4096)
     for ns_tid in t.threads[1:]:
         with Injector(t.host_tids[ns_tid], keep_scratch=True) as tinj:
-            tinj._args = area
+            tinj.set_arg_area(*area)
             res_task.restore_creds(rctx, tinj, threads[ns_tid].get("creds"))
             tinj.saved_sigmask = threads[ns_tid].get("blocked", 0)
     # The leader last: it unmaps the scratch area when its injector closes.
     with Injector(t.host_pid) as inj:
-        inj._args = area
+        inj.set_arg_area(*area)
         rctx.args_area = scratch
         res_task.drain_signals(inj, scratch)
+        res_task.arm_timers(rctx, t, inj)
         res_task.queue_signals(inj, scratch, t.pid, None, t.rec.get("shared_signals") or [])
         for ns_tid in t.threads:
             res_task.queue_signals(inj, scratch, t.pid, ns_tid, threads[ns_tid].get("signals") or [])
