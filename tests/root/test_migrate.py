@@ -441,18 +441,36 @@ def test_fault_rsync_fails_after_dump(node, node_b, sa, sb, tmp_path):
     check_source_intact(node, 402, ip, z, before)
 
 
-def test_fault_image_corrupt_on_arrival(node, node_b, sa, keys, tmp_path):
-    """The destination's restore fails: a byte of the image changed on the way in."""
+FLIP_PY = r"""
+import os, sys
+off, pos = int(sys.argv[1]), 0
+while True:
+    b = os.read(0, 1 << 16)
+    if not b:
+        break
+    if pos <= off < pos + len(b):
+        b = bytearray(b)
+        b[off - pos] ^= 0xFF
+    pos += len(b)
+    v = memoryview(b)
+    while v:
+        v = v[os.write(1, v):]
+"""
+
+
+@pytest.mark.parametrize("iterative", [True, False], ids=["precopy", "noiter"])
+def test_fault_image_corrupt_on_arrival(node, node_b, sa, keys, tmp_path, iterative):
+    """A byte of the image changes on the way in (the destination's agent reads its stream
+    through a filter that flips one bit): the agent's checksum catches it, nothing is
+    restored, the source runs on."""
+    flip = tmp_path / "flip.py"
+    flip.write_text(FLIP_PY)
     wrapper = tmp_path / "force"
     wrapper.write_text(
         "#!/bin/bash\n"
         'case "$SSH_ORIGINAL_COMMAND" in\n'
         "  internal-sftp) exec /usr/lib/openssh/sftp-server ;;\n"
-        "  *--undump*)\n"
-        "    set -- $SSH_ORIGINAL_COMMAND\n"
-        '    while [ $# -gt 0 ]; do [ "$1" = --dumpfile ] && d=$2; shift; done\n'
-        '    f="$d/$(ls -S "$d" | head -n1)"\n'
-        '    printf "\\x55\\xaa\\x55\\xaa" | dd of="$f" bs=1 seek=4096 conv=notrunc 2>/dev/null ;;\n'
+        f'  "vzmigrate --agent "*) /usr/bin/python3 {flip} {4 << 20} | bash -c "$SSH_ORIGINAL_COMMAND"; exit $? ;;\n'
         "esac\n"
         'exec bash -c "$SSH_ORIGINAL_COMMAND"\n'
     )
@@ -461,35 +479,69 @@ def test_fault_image_corrupt_on_arrival(node, node_b, sa, keys, tmp_path):
     try:
         z, ip = running_zdtm(node, 403)
         before = init_pid(node, 403)
-        r = migrate(node, sb, 403, "--online")
-        assert r.returncode == 7, r.stdout + r.stderr
-        assert "Failed to undump container" in r.stderr
-        assert "Undumping container" in r.stdout
+        r = migrate(node, sb, 403, "--online", *([] if iterative else ["--noiter"]))
+        assert r.returncode == 6, r.stdout + r.stderr
+        assert "Failed to copy dump file" in r.stderr and "checksum mismatch" in r.stderr
+        assert ("Pre-copying memory" in r.stdout) == iterative
+        assert "Undumping container" not in r.stdout
         assert_dest_clean(node_b, 403, ip)
         check_source_intact(node, 403, ip, z, before)
     finally:
         sb.cleanup()
 
 
+def test_fault_undump_fails(node, node_b, sa, sb, tmp_path):
+    """The destination's restore fails: a file the process maps vanished there after the
+    second rsync (an rsync for the destination that removes it).  Exit 7; the source runs on."""
+    counter = tmp_path / "calls"
+    wrapper = tmp_path / "lossy-rsync"
+    wrapper.write_text(
+        "#!/bin/sh\n"
+        f"echo x >> {counter}\n"
+        'rsync "$@"; rc=$?\n'
+        f'if [ "$(wc -l < {counter})" -ge 2 ]; then for a; do last=$a; done; rm -f "$last/zdtm/memory_basic"; fi\n'
+        "exit $rc\n"
+    )
+    wrapper.chmod(0o755)
+    z, ip = running_zdtm(node, 411)
+    before = init_pid(node, 411)
+    r = migrate(node, sb, 411, "--online", f"--rsync=--rsync-path={wrapper}")
+    assert r.returncode == 7, r.stdout + r.stderr
+    assert "Failed to undump container" in r.stderr and "memory_basic" in r.stderr
+    assert "Undumping container" in r.stdout and "Resuming container" not in r.stdout
+    assert_dest_clean(node_b, 411, ip)
+    check_source_intact(node, 411, ip, z, before)
+
+
 def test_fault_connection_dropped_during_image_copy(node, node_b, sa, sb):
     z, ip = running_zdtm(node, 404)
     start_program(node, 404, HOG_C, "hog", "384", ready="hog.ready")
     before = init_pid(node, 404)
-    part = os.path.join(node_b.vzdir, "dump", "tmp-dump.404.part")
+    dump = os.path.join(node_b.vzdir, "dump", "tmp-dump.404")
     dropped: list[int] = []
+
+    def parts() -> list[str]:
+        # The image being written: a pre-dump's, or the final one's.
+        pre = dump + ".pre"
+        found = [dump + ".part"]
+        if os.path.isdir(pre):
+            found += [os.path.join(pre, d) for d in os.listdir(pre) if d.endswith(".part")]
+        return found
 
     def saboteur() -> None:
         # As soon as image files arrive, kill every sshd session on the destination.
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not dropped:
-            try:
-                if any(
-                    os.path.getsize(os.path.join(part, f)) > (8 << 20) for f in os.listdir(part)
-                ):
-                    dropped.extend(sb.drop_sessions())
-                    return
-            except OSError:
-                pass
+            for part in parts():
+                try:
+                    if any(
+                        os.path.getsize(os.path.join(part, f)) > (8 << 20)
+                        for f in os.listdir(part)
+                    ):
+                        dropped.extend(sb.drop_sessions())
+                        return
+                except OSError:
+                    pass
             time.sleep(0.002)
 
     t = threading.Thread(target=saboteur)
@@ -512,7 +564,7 @@ def test_cancelled_by_signal(node, node_b, sa, sb):
     z, ip = running_zdtm(node, 410)
     start_program(node, 410, HOG_C, "hog", "128", ready="hog.ready")  # a copy that takes a while
     before = init_pid(node, 410)
-    part = os.path.join(node_b.vzdir, "dump", "tmp-dump.410.part")
+    part = os.path.join(node_b.vzdir, "dump", "tmp-dump.410.pre")  # pre-copy has begun
     p = subprocess.Popen(
         [*node.prefix(), "vzmigrate", f"--ssh={sb.ssh_opts()}", "--online", sb.ip, "410"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=node.env,
@@ -757,7 +809,6 @@ def test_usage_errors(node):
 # --- TCP through migration (needs TCP socket checkpointing) ----------------------------------------------
 
 
-@pytest.mark.xfail(reason="TCP socket checkpointing has not landed yet", strict=False)
 def test_online_tcp_connection_survives(node, node_b, sa, sb, client):
     ip = node.create(801)
     node.ok("start", "801")
