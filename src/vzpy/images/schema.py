@@ -669,7 +669,7 @@ VMA = _core(
         F("madv", 12, "uint", hex=True, doc="bit n set: madvise(n) was applied"),
         F("name", 13, "str", doc="anonymous VMA name (PR_SET_VMA_ANON_NAME)"),
         F("locked", 14, "bool"),
-        F("deleted", 15, "bool", doc="the backing file was unlinked (its contents: ghost_file-INO)"),
+        F("deleted", 15, "bool", doc="file unlinked while mapped: contents in ghost_file-INO"),
     ],
 )
 

@@ -93,8 +93,13 @@ class FdKind:
 KINDS: list[FdKind] = []
 
 
-def register_fd_kind(kind: FdKind) -> FdKind:
-    KINDS.append(kind)
+def register_fd_kind(kind: FdKind, *, first: bool = False) -> FdKind:
+    """Add a kind; ``first`` puts it before the others (a kind narrower than
+    one registered earlier: memfd and mqueue files are S_ISREG too)."""
+    if first:
+        KINDS.insert(0, kind)
+    else:
+        KINDS.append(kind)
     return kind
 
 
@@ -306,6 +311,9 @@ class DeletedFiles:
 
     def __init__(self) -> None:
         self.saved: dict[int, str] = {}
+        # restore: ghost id -> our fd of the re-made inode, shared by every fd
+        # and mapping of that deleted file (resources/mapped_files.py)
+        self.inodes: dict[int, int] = {}
 
     def save(self, ctx, probe: FdProbe, rec: dict) -> None:
         key = rec["ino"]
@@ -318,27 +326,38 @@ class DeletedFiles:
         ctx.img.write("ghost_file", {"ino": key, "mode": rec["mode"], "data": data}, name=str(key))
         self.saved[key] = name
 
-    def reopen(self, rctx, entry: dict) -> int:
-        d = entry["detail"]
-        ghost = rctx.img.read("ghost_file", str(d["ghost_id"]))
-        path = d["path"]
+    def inode_fd(self, rctx, ghost_id: int, path: str) -> int:
+        """Our O_RDWR fd of the re-made, unlinked inode of ghost `ghost_id`; made
+        once, so that every fd and mapping of one deleted file shares it."""
+        fd = self.inodes.get(ghost_id)
+        if fd is not None:
+            return fd
+        ghost = rctx.img.read("ghost_file", str(ghost_id))
         dirname = os.path.dirname(path) or "/"
         # Recreate it under a temporary name in its directory, open, unlink.
-        tmpname = f"{dirname.rstrip('/')}/.vzpy-ghost-{d['ghost_id']}"
+        tmpname = f"{dirname.rstrip('/')}/.vzpy-ghost-{ghost_id}"
         fd = rctx.open_in_root(tmpname, os.O_RDWR | os.O_CREAT | os.O_EXCL | O_CLOEXEC, 0o600)
         try:
             os.write(fd, ghost["data"])
             os.fchmod(fd, stat.S_IMODE(ghost["mode"]))
         finally:
             rctx.unlink_in_root(tmpname)
+        self.inodes[ghost_id] = fd
+        return fd
+
+    def reopen(self, rctx, entry: dict) -> int:
+        d = entry["detail"]
+        inode = self.inode_fd(rctx, d["ghost_id"], d["path"])
         flags = entry["flags"] & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
-        if flags & O_ACCMODE != os.O_RDWR:
-            # reopen with the dumped access mode through /proc/self/fd
-            fd2 = os.open(f"/proc/self/fd/{fd}", (flags & ~O_CLOEXEC) | O_CLOEXEC)
-            os.close(fd)
-            fd = fd2
+        # A description of its own (offset, flags) on the shared inode.
+        fd = os.open(f"/proc/self/fd/{inode}", (flags & ~O_CLOEXEC) | O_CLOEXEC)
         os.lseek(fd, entry.get("pos", 0), os.SEEK_SET)
         return fd
+
+    def close(self) -> None:
+        for fd in self.inodes.values():
+            os.close(fd)
+        self.inodes.clear()
 
 
 # --- pipes and FIFOs ----------------------------------------------------------------------------

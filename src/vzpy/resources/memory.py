@@ -61,12 +61,46 @@ MADV_BY_FLAG = {
 }
 
 
+# VMAs another module maps back itself (SysV shm through shmat, mapped deleted
+# files through their saved contents: resources/ipc.py, resources/mapped_files.py).
+# A handler has match(rec) -> bool on the vma record, dump(ctx, proc, vma, rec)
+# called after the usual dump of the VMA, and map(rctx, task, inj, rec) called
+# instead of the usual mmap.
+VMA_HANDLERS: list = []
+
+
+def register_vma_handler(handler):
+    VMA_HANDLERS.append(handler)
+    return handler
+
+
+def vma_handler(rec: dict):
+    return next((h for h in VMA_HANDLERS if h.match(rec)), None)
+
+
 def prot_of(perms: str) -> int:
     return (
         (PROT_READ if perms[0] == "r" else 0)
         | (PROT_WRITE if perms[1] == "w" else 0)
         | (PROT_EXEC if perms[2] == "x" else 0)
     )
+
+
+_shm_dev: tuple[int, int] | None = None
+
+
+def _internal_shm_dev() -> tuple[int, int]:
+    """(major, minor) of the kernel's internal tmpfs (shm_mnt): shared anonymous
+    memory, memfd and SysV shm live there; a probe memfd tells which it is."""
+    global _shm_dev
+    if _shm_dev is None:
+        fd = os.memfd_create("vzpy-probe", os.MFD_CLOEXEC)
+        try:
+            dev = os.fstat(fd).st_dev
+        finally:
+            os.close(fd)
+        _shm_dev = (os.major(dev), os.minor(dev))
+    return _shm_dev
 
 
 def classify(v: procfs.Vma) -> str:
@@ -80,7 +114,9 @@ def classify(v: procfs.Vma) -> str:
             return "memfd"
         if path == "/dev/zero" or (path == "" and v.inode):
             return "shmem"
-        if path.startswith("/dev/") and v.dev_major == 0:
+        if path.startswith("/dev/") and (v.dev_major, v.dev_minor) == _internal_shm_dev():
+            # Only the kernel's own tmpfs holds anonymous shared memory; a
+            # /dev/shm file is a file of the container's tmpfs (file_shared).
             return "shmem"
         if path == "":
             return "shmem"
@@ -127,6 +163,7 @@ def dump_mm(ctx, proc, inj) -> dict:
                 "ino": v.inode,
                 "madv": madv,
                 "locked": "lo" in flags_set,
+                "deleted": v.deleted,
             }
             if kind in ("vdso", "vvar", "vvar_clock", "vvar_vclock", "vsyscall"):
                 vmas.append(rec)
@@ -145,7 +182,16 @@ def dump_mm(ctx, proc, inj) -> dict:
                 private_runs += vm.scan_pages(pagemap_fd, v.start, v.end, anon_only=True)
             else:  # anon private, heap, stack
                 private_runs += vm.scan_pages(pagemap_fd, v.start, v.end)
+            h = vma_handler(rec)
+            if h is not None:
+                h.dump(ctx, proc, v, rec)
             vmas.append(rec)
+        # Pages unchanged since the parent image (a pre-dump) become PE_PARENT
+        # runs: checkpoint/precopy.py knows which (vzmigrate's iterative pre-copy).
+        parent_runs: list[tuple[int, int]] = []
+        split = ctx.extra.get("parent_pages")
+        if split is not None:
+            private_runs, parent_runs = split(proc, pagemap_fd, private_runs)
     finally:
         os.close(pagemap_fd)
     nbytes = sum(e - s for s, e in private_runs)
@@ -158,8 +204,9 @@ def dump_mm(ctx, proc, inj) -> dict:
             finally:
                 del holder
                 view.release()
-            for s, e in private_runs:
-                pw.add_run(s, e - s)
+        runs = [(s, e, True) for s, e in private_runs] + [(s, e, False) for s, e in parent_runs]
+        for s, e, present in sorted(runs):  # one address order for both kinds
+            (pw.add_run if present else pw.add_parent_run)(s, e - s)
         pw.close()
     ctx.stats["pages_bytes"] += nbytes
     brk = inj.syscall(12, 0)  # brk(0) returns the current break
@@ -302,7 +349,10 @@ class MmRestorer:
                 length = v["end"] - v["start"]
                 prot = v["prot"]
                 flags = (v["flags"] & (MAP_SHARED | MAP_PRIVATE | MAP_GROWSDOWN | MAP_NORESERVE)) | MAP_FIXED
-                if kind == "anon":
+                h = vma_handler(v)
+                if h is not None:
+                    h.map(self.ctx, self.task, inj, v)
+                elif kind == "anon":
                     inj.mmap(v["start"], length, prot, flags | MAP_ANONYMOUS)
                 elif kind in ("file", "file_shared"):
                     path = v["path"]
