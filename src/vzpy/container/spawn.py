@@ -139,22 +139,83 @@ def default_mounts() -> list[MountSpec]:
     ]  # fmt: skip
 
 
+def _path_in_root(root_fd: int, rel: str, mode: int, is_file: bool = False) -> int:
+    """O_PATH fd of `rel` inside the container root, creating what is missing.
+
+    Every component is resolved with openat2(RESOLVE_IN_ROOT): a symlink the
+    container planted in its own tree (``/proc -> /etc``) cannot send a mount
+    to the host's file system.
+    """
+    from ..initbin import open_in_root
+
+    rel = "/" + rel.strip("/")
+    parts = [p for p in rel.split("/") if p]
+    cur = ""
+    for i, part in enumerate(parts):
+        parent = cur or "/"
+        cur = f"{cur}/{part}"
+        try:
+            os.close(open_in_root(root_fd, cur, os.O_PATH))
+            continue
+        except FileNotFoundError:
+            pass
+        pfd = open_in_root(root_fd, parent, os.O_PATH | os.O_DIRECTORY)
+        try:
+            if is_file and i == len(parts) - 1:
+                os.close(os.open(part, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644, dir_fd=pfd))
+            else:
+                os.mkdir(part, mode, dir_fd=pfd)
+        except FileExistsError:
+            pass
+        finally:
+            os.close(pfd)
+    return open_in_root(root_fd, rel, os.O_PATH)
+
+
 def make_mounts(root: str, mounts: list[MountSpec]) -> None:
-    for m in mounts:
-        path = os.path.join(root, m.target.lstrip("/"))
-        if not os.path.lexists(path):
-            os.makedirs(path, m.mode, exist_ok=True)
-        flags = m.flags
-        ro_bind = m.fstype == "bind" and flags & MS_RDONLY
-        if m.fstype == "bind":
-            src = m.source if m.source.startswith("/proc/") else os.path.join(root, m.source.lstrip("/"))
-            libc.mount(src, path, None, MS_BIND | (flags & MS_REC))
-            if ro_bind:
-                libc.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
-        else:
-            libc.mount(m.source, path, m.fstype, flags, m.data)
-        if m.populate:
-            m.populate(path)
+    """Make `mounts` under `root` (the container's tree, not yet our root)."""
+    root_fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for m in mounts:
+            flags = m.flags
+            if m.fstype == "bind":
+                if m.source.startswith("/proc/"):
+                    src_fd = -1
+                    src = m.source
+                else:
+                    src_fd = _path_in_root(root_fd, m.source, m.mode)
+                    src = f"/proc/self/fd/{src_fd}"
+                try:
+                    is_file = src_fd >= 0 and not os.path.isdir(src)
+                    tfd = _path_in_root(root_fd, m.target, m.mode, is_file=is_file)
+                    try:
+                        libc.mount(src, f"/proc/self/fd/{tfd}", None, MS_BIND | (flags & MS_REC))
+                    finally:
+                        os.close(tfd)
+                finally:
+                    if src_fd >= 0:
+                        os.close(src_fd)
+            else:
+                tfd = _path_in_root(root_fd, m.target, m.mode)
+                try:
+                    libc.mount(m.source, f"/proc/self/fd/{tfd}", m.fstype, flags, m.data)
+                finally:
+                    os.close(tfd)
+            if (m.fstype == "bind" and flags & MS_RDONLY) or m.populate:
+                # Resolve again: the fd above is the mountpoint under the new mount.
+                from ..initbin import open_in_root
+
+                fd = open_in_root(root_fd, "/" + m.target.strip("/"), os.O_PATH)
+                try:
+                    path = f"/proc/self/fd/{fd}"
+                    if m.fstype == "bind" and flags & MS_RDONLY:
+                        libc.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+                    if m.populate:
+                        m.populate(os.path.realpath(path))
+                finally:
+                    os.close(fd)
+    finally:
+        os.close(root_fd)
 
 
 def drop_bounding_caps(capability: str | None) -> None:
