@@ -73,7 +73,7 @@ def test_shell_pipeline_with_data_in_flight(node):
     )
     with open(os.path.join(priv, "root", "pipe.sh"), "w") as f:
         f.write(script)
-    node.ok("exec", "302", "(nohup sh /root/pipe.sh >/dev/null 2>&1 &)")
+    node.ok("exec", "302", "(sh /root/pipe.sh >/dev/null 2>&1 &)")
     count = os.path.join(priv, "root", "count")
     wait_file(count)
     time.sleep(0.5)
