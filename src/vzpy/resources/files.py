@@ -429,7 +429,15 @@ class PipeRestorer:
 
     def end_for(self, rctx, ino: int, flags: int, fifo_path: str | None) -> int:
         if ino not in self.made:
-            r, w = os.pipe2(O_CLOEXEC)
+            if fifo_path:
+                # A FIFO in the container's file system: the pipe behind it is the
+                # inode's, so open the path itself (O_RDWR never blocks and keeps
+                # the buffer alive while we fill it and hand out ends).
+                holder = rctx.open_in_root(fifo_path, os.O_RDWR | os.O_NONBLOCK | O_CLOEXEC)
+                r, w = holder, os.dup(holder)
+                os.set_inheritable(w, False)
+            else:
+                r, w = os.pipe2(O_CLOEXEC)
             rec = rctx.img.read("pipe_data", str(ino)) if rctx.img.has("pipe_data", str(ino)) else None
             if rec:
                 try:

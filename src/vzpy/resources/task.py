@@ -381,8 +381,18 @@ def _creds(st: procfs.Status, secbits: int) -> dict:
 def restore_task(rctx, task, inj, rec: dict) -> None:
     """Process-wide state (run in the leader before threads are created)."""
     scratch = rctx.args_area
-    for sa in rec.get("sigactions") or []:
-        inj.rt_sigaction_set(sa["signo"], sa["handler"], sa["flags"], sa["restorer"], sa["mask"])
+    # Every action: the dumped one, or the default.  The task was cloned from
+    # the restore stub (a Python process: its SIGINT handler, SIGPIPE ignored),
+    # and only non-default actions are in the image.
+    dumped = {sa["signo"]: sa for sa in rec.get("sigactions") or []}
+    for sig in range(1, NSIG + 1):
+        if sig in (SIGKILL, SIGSTOP):
+            continue
+        sa = dumped.get(sig)
+        if sa is not None:
+            inj.rt_sigaction_set(sig, sa["handler"], sa["flags"], sa["restorer"], sa["mask"])
+        else:
+            inj.rt_sigaction_set(sig, 0, 0, 0, 0)
     for r in rec.get("rlimits") or []:
         inj.write(scratch, struct.pack("QQ", r["cur"], r["max"]))
         rc = inj.syscall(SYS_prlimit64, 0, r["resource"], scratch, 0)
