@@ -806,7 +806,7 @@ def test_usage_errors(node):
         assert text in r.stdout + r.stderr
 
 
-# --- TCP through migration (needs TCP socket checkpointing) ----------------------------------------------
+# --- TCP through migration -------------------------------------------------------------------------------
 
 
 def test_online_tcp_connection_survives(node, node_b, sa, sb, client):

@@ -22,7 +22,7 @@ from .common import require_root, run_mapped
 USAGE = """\
 Usage: vzmigrate [-r yes|no] [--ssh=<options>] [--rsync=<options>] [--keep-dst]
                  [--online|--live] [--check-only|--dry-run] [-f|--nodeps[=cpu,all]]
-                 [-t|--times] [-v] <destination_address> <CTID|name>
+                 [--noiter] [--nokick] [-t|--times] [-v] <destination_address> <CTID|name>
 Options:
   -r, --remove-area yes|no
         Whether to remove the container on the source node after a successful
@@ -39,6 +39,13 @@ Options:
         Live migration: checkpoint, move and restore the running container.
   --check-only, --dry-run
         Only run the preliminary checks.
+  --noiter
+        Online: no iterative memory pre-copy (the whole memory is copied while
+        the container is frozen).
+  --nokick
+        Online: after the resume, do not send the peers of the container's TCP
+        connections an ICMP host-unreachable (RFC 6069) that makes them
+        retransmit at once instead of after their backed-off timeout.
   -f, --nodeps[=cpu,all]
         Go on even if the CPU check fails (all checks if no argument).
   -t, --times
@@ -65,6 +72,7 @@ def parse_args(argv: list[str]):
     o = {
         "online": False, "remove_area": True, "keep_dst": False, "ssh": None, "rsync": [],
         "check_only": False, "nodeps": set(), "times": False, "verbose": 0,
+        "iterative": True, "kick": True,
     }  # fmt: skip
     pos: list[str] = []
     i = 0
@@ -125,6 +133,10 @@ def parse_args(argv: list[str]):
                 nodeps(inl)
             elif name == "times":
                 o["times"] = True
+            elif name == "noiter":
+                o["iterative"] = False
+            elif name == "nokick":
+                o["kick"] = False
             elif name == "ssh-mux":
                 pass  # one paramiko connection carries everything anyway
             elif name in ("compact", "snapshot"):
@@ -183,6 +195,16 @@ def _main(argv: list[str]) -> int:
 
         print(node_info_json(int(argv[1])))
         return 0
+    if argv[:1] == ["--agent"]:
+        # The destination's end of a live migration (migrate/agent.py), run by
+        # the source over ssh; it speaks a binary protocol on stdin/stdout.
+        if len(argv) != 2 or not argv[1].isdigit():
+            print("Usage: vzmigrate --agent CTID", file=sys.stderr)
+            return 1
+        require_root("vzmigrate")
+        from ..migrate.agent import main as agent_main
+
+        return agent_main(int(argv[1]))
     try:
         opts = parse_args(argv)
     except _Usage as e:

@@ -105,6 +105,11 @@ def setup_host_side(ctid: int, netns_pid: int, ips: list[str], neighbour_devs: s
         ipr.link("set", index=idx, state="up")
         _sysctl("/proc/sys/net/ipv4/ip_forward", "1")
         _sysctl(f"/proc/sys/net/ipv4/conf/{hname}/proxy_arp", "1")
+        # The container ARPs for every peer (venet: all on-link) and only this proxy
+        # answers: without this each answer waits a random 0-0.8 s (neigh proxy_delay),
+        # which a restored container pays once per connection (its neighbour cache
+        # starts empty): measured as up to 0.55 s more client outage per migration.
+        _sysctl(f"/proc/sys/net/ipv4/neigh/{hname}/proxy_delay", "0")
         _sysctl(f"/proc/sys/net/ipv4/conf/{hname}/forwarding", "1")
         add_routes(ipr, idx, ips)
     announce(ctid, ips, neighbour_devs)

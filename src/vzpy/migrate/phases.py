@@ -76,6 +76,7 @@ from .checks import (
     MIG_REMOTE_PATHS,
     MIG_SOURCE_STOP,
 )
+from .stream import AgentError, AgentLink, StreamImageWriter
 from .target import resolve
 from .transport import NotAllowed, Remote, RemoteCommandError, TransportError
 from .transport import check_path as check_remote_path
@@ -84,6 +85,8 @@ ACTION_SCRIPTS = ("start", "stop", "mount", "umount", "premount", "postumount")
 TMP_DUMP = "tmp-dump.{ctid}"
 ROLLBACK_CONNECT_TIMEOUT = 5.0
 REMOTE_LOCK_RETRY = 60.0  # a remote vzctl still holding the CT lock (cancelled undump)
+AGENT_STEP_TIMEOUT = 3600.0  # undump of a very big container
+AGENT_LOCK_WAIT = 180.0  # a new agent waits this long for the old one to clean up
 
 
 @dataclass
@@ -99,10 +102,13 @@ class MigrateOptions:
     nodeps: set[str] = field(default_factory=set)
     times: bool = False
     verbose: int = 0
+    iterative: bool = True  # --noiter turns the memory pre-copy off (OpenVZ 7's name)
+    kick: bool = True  # --nokick: no RFC 6069 nudge of TCP peers after the resume
 
 
 class Cancelled(MigrateError):
     exit_code = MIG_CANCELLED
+    clean = False  # raised where the SSH connection is in a known state (reusable)
 
 
 class RollbackAbort(Exception):
@@ -153,6 +159,11 @@ class Migration:
         self.info: dict = {}
         self.resume_uncertain = False
         self.mux_dir: str | None = None
+        self.link: AgentLink | None = None
+        self.prepared: rsync.Prepared | None = None  # the second rsync's remote half, started early
+        self.tracker = None  # checkpoint.precopy.DirtyTracker while pre-copying
+        self.precopy = None
+        self.image_bytes = 0
 
     # --- output ----------------------------------------------------------------------------
     def say(self, msg: str, level: int = 0) -> None:
@@ -203,6 +214,12 @@ class Migration:
             return self._run_locked()
         finally:
             self._restore_signals(old)
+            if self.tracker is not None:
+                self.tracker.stop()  # idempotent: normally stopped long before
+            if self.link is not None:
+                self.link.close(bye=False)
+            if self.prepared is not None:
+                self.prepared.kill()
             if self.remote is not None:
                 self.remote.close()
             if self.mux_dir is not None:
@@ -228,7 +245,19 @@ class Migration:
     def _on_signal(self, signum: int, _frame) -> None:
         if self.cancellable:
             self.cancellable = False
-            raise Cancelled(f"Cancelled by signal {signal.Signals(signum).name}")
+            e = Cancelled(f"Cancelled by signal {signal.Signals(signum).name}")
+            link = self.link
+            if link is not None and not link.closed:
+                # Never inside paramiko in the middle of a frame: the agent's channel
+                # would be out of step.  The link raises it once the frame is out.
+                if link.in_io:
+                    e.clean = True
+                    link.pending_cancel = e
+                    return
+                # Elsewhere nothing is using the connection (once the agent runs,
+                # no SFTP or command is in flight): the rollback may reuse it.
+                e.clean = True
+            raise e
         self.pending_signal = signum  # rolling back or past the point: finish first
 
     # --- the whole migration -----------------------------------------------------------------
@@ -269,7 +298,7 @@ class Migration:
                 self.error("Cancelled")
             else:
                 self.error(f"{type(e).__name__}: {e}")
-            if not isinstance(e, MigrateError) or isinstance(e, Cancelled):
+            if not isinstance(e, MigrateError) or (isinstance(e, Cancelled) and not e.clean):
                 # Interrupted in the middle of a remote operation (an SFTP write in
                 # flight...): the rollback must not reuse that connection.
                 if self.remote is not None:
@@ -531,87 +560,199 @@ class Migration:
         rb = self.rollback
         r = self.remote
         from ..checkpoint import driver as cpt
+        from ..container import net
 
-        self._sync(first=True)
-        self.say("Live migrating container...")
-        self.l_dump = os.path.join(self.cfg.dumpdir, TMP_DUMP.format(ctid=self.ctid))
         self.r_dump = posixpath.join(self.r_dumpdir, TMP_DUMP.format(ctid=self.ctid))
-        r.own(self.r_dump)
-        r.own(self.r_dump + ".part")
-        _remove_local(self.l_dump)  # a stale one of ours: we hold the CT lock
-        os.makedirs(self.cfg.dumpdir, mode=0o700, exist_ok=True)
+        for suffix in ("", ".part", ".pre"):
+            r.own(self.r_dump + suffix)
+        # The agent first: its ssh session and Python start-up are paid now, not
+        # while the container is frozen.  It receives the images and restores.
+        rb.push("undo_copy_dump", self._undo_images)
+        t0 = time.monotonic()
+        say2 = (lambda m: self.say(m, level=2)) if self.o.verbose >= 2 else None
+        try:
+            self.link = AgentLink.open(r, self.ctid, say=say2)
+        except AgentError as e:
+            raise MigrateError(
+                f"The agent on the destination refused: {e.message}", exit_code=MIG_COPY
+            ) from None
+        self.say(f"  agent started on the destination in {time.monotonic() - t0:.3f} s", level=1)
+        self._sync(first=True)
+        # The second pass's ssh session now, while the container runs (see rsync.py).
+        try:
+            self.prepared = rsync.prepare_sync(
+                self.target, self.ct.private or "", self.r_private, first_pass=False,
+                extra=self.o.rsync, verbose=self.o.verbose, workdir=self.mux_dir,
+            )  # fmt: skip
+        except (OSError, subprocess.SubprocessError) as e:
+            self.say(f"  (the second rsync will start its own session: {e})", level=1)
 
+        from ..images import schema
+        from ..resources import files as res_files
+
+        res_files.load_kinds()  # imports: not while the container is frozen
+        schema.load_schemas()
+        parent = None
+        if self.o.iterative:
+            parent = self._precopy()
+        self.say("Live migrating container...")
         t_freeze = time.monotonic()
         rb.push("undo_suspend", self._undo_suspend)
         try:
             cpt.chkpnt_command(ct, "suspend", None)
+        except Cancelled:
+            raise
         except VzError as e:
             raise MigrateError(
                 f"Failed to suspend container: {e}", exit_code=MIG_SOURCE_STOP
             ) from None
-        rb.push("undo_dump", lambda: _remove_local(self.l_dump))
-        try:
-            cpt.chkpnt_command(ct, "dump", self.l_dump)
-        except VzError as e:
-            raise MigrateError(
-                f"Failed to dump container: {e}", exit_code=MIG_SOURCE_STOP
-            ) from None
-        self.stage("Suspend + Dump", time.monotonic() - t_freeze)
-        size = _tree_size(self.l_dump)
-        self.say(f"  image: {size / 1e6:.1f} MB", level=1)
-
-        # The second rsync and the image copy are independent: run them side by side.
+        t_frozen = time.monotonic()
+        self.stage("Suspend", t_frozen - t_freeze)
+        # Frozen: the file system is quiet, so the second rsync runs alongside the dump.
         self.say("Syncing private")
-        sync = self._start_sync(first=False)
+        prepared, self.prepared = self.prepared, None
+        sync = self._start_sync(first=False, prepared=prepared)
         try:
-            self.say("Copying dump file")
-            rb.push("undo_copy_dump", lambda: self._remove_remote_tree(self.r_dump))
+            self.say("Dumping container (streaming the image)")
             t0 = time.monotonic()
-            r.makedirs(self.r_dumpdir, 0o700)
-            if r.exists(self.r_dump):
-                r.remove_tree(self.r_dump)
+            sent0 = self.link.sent
+            final = StreamImageWriter(self.link, "final", self.ctid, parent=parent)
             try:
-                sent = r.put_tree(self.l_dump, self.r_dump)
+                res = cpt.dump_container(
+                    ct, self.r_dump, leave="frozen", writer=final,
+                    parent_pages=self.precopy.parent_pages if parent is not None else None,
+                )  # fmt: skip
+            except Cancelled:
+                raise
+            except AgentError as e:
+                raise MigrateError(
+                    f"Failed to copy dump file: {e.message}", exit_code=MIG_COPY
+                ) from None
             except TransportError as e:
                 raise MigrateError(
                     f"Failed to copy dump file: {e.message}", exit_code=MIG_COPY
                 ) from None
-            dt = time.monotonic() - t0
+            except VzError as e:
+                raise MigrateError(
+                    f"Failed to dump container: {e}", exit_code=MIG_SOURCE_STOP
+                ) from None
+            except OSError as e:
+                raise MigrateError(
+                    f"Failed to dump container: {e}", exit_code=MIG_SOURCE_STOP
+                ) from None
+            net.withdraw(ct.ctid, ct.ips(), self.cfg.get("NEIGHBOUR_DEVS"))
+            self.stage("Dump + Copy dump file", time.monotonic() - t0)
+            self.image_bytes = self.link.sent - sent0
+            self.say(
+                f"  image: {self.image_bytes / 1e6:.1f} MB sent, {res.pages_bytes / 1e6:.1f} MB of "
+                f"memory in it", level=1,
+            )  # fmt: skip
+            if self.tracker is not None:
+                self.tracker.stop()  # dumped: nothing left to track
+            t0 = time.monotonic()
+            dt_sync = sync.wait()
         except BaseException:
             sync.kill()
             raise
-        self.stage("Second rsync", sync.wait())
-        self.stage("Copy dump file", dt)
-        self.say(f"  {sent / 1e6:.1f} MB at {sent / 1e6 / max(dt, 1e-6):.0f} MB/s", level=1)
+        self.stage("Second rsync", dt_sync)
+        self.stage("Waiting for the second rsync", time.monotonic() - t0)
 
         t0 = time.monotonic()
         self.say("Undumping container")
         rb.push("undo_undump", self._undo_undump)
-        self._remote_vzctl(
-            ["restore", str(self.ctid), "--undump", "--dumpfile", self.r_dump, "--skip_arpdetect"],
-            "Failed to undump container",
-            MIG_DEST_START,
-        )
+        self._agent_step("undump", "Failed to undump container", image="final")
+        self.stage("Undump", time.monotonic() - t0)
         self.say("Resuming container")
         # A signal from here on waits: once the destination may be running the
         # container, only a failure of this very step may still roll back.
         self.cancellable = False
+        t0 = time.monotonic()
         try:
-            self._remote_vzctl(
-                ["restore", str(self.ctid), "--resume"],
-                "Failed to resume container",
-                MIG_DEST_START,
-            )
+            info = self._agent_step("resume", "Failed to resume container", kick=self.o.kick)
         except TransportError:
             self.resume_uncertain = True
             raise
-        self.stage("Undump + Resume", time.monotonic() - t0)
+        self.stage("Resume", time.monotonic() - t0)
         self.frozen_s = time.monotonic() - t_freeze
         # ============================ POINT OF NO RETURN ============================
         # The destination has resumed the container: it runs there and owns the IP.
         # From here on nothing may touch it: the chain is dropped, and a failure
         # cleaning up the source is reported but does not undo the migration.
         self._point_of_no_return()
+        if info.get("icmp"):
+            self.say(
+                f"  sent {info['icmp']} ICMP host-unreachable to TCP peers (RFC 6069)", level=1
+            )
+        self.link.close()
+
+    def _precopy(self) -> StreamImageWriter | None:
+        """Iterative pre-copy while the container runs; returns the last pre-dump (the parent)."""
+        from ..checkpoint import precopy
+        from ..errors import UnsupportedError
+
+        try:
+            precopy.ensure_supported()
+        except UnsupportedError as e:
+            self.say(f"Warning: no iterative pre-copy: {e}")
+            return None
+        self.say("Pre-copying memory")
+        t0 = time.monotonic()
+        tracker = precopy.DirtyTracker(self.ct)
+        self.rollback.push("undo_tracking", tracker.stop)
+        self.tracker = tracker
+        try:
+            info = tracker.start()
+        except Cancelled:
+            raise
+        except UnsupportedError as e:
+            self.say(f"Warning: no iterative pre-copy: {e}")
+            self.tracker = None
+            return None
+        except VzError as e:
+            raise MigrateError(
+                f"Failed to start tracking memory: {e}", exit_code=MIG_SOURCE_STOP
+            ) from None
+        self.say(
+            f"  tracking {info.tracked} process(es), {info.registered_bytes / 2**20:.0f} MiB, "
+            f"frozen {info.frozen_ms:.1f} ms to set it up"
+            + (f"; not tracked: {info.untracked}" if info.untracked else ""), level=1,
+        )  # fmt: skip
+        images: dict[str, StreamImageWriter] = {}
+
+        def new_image(name: str, parent: str | None) -> StreamImageWriter:
+            w = StreamImageWriter(
+                self.link, name, self.ctid, kind="predump", parent=images.get(parent)
+            )
+            images[name] = w
+            return w
+
+        pc = precopy.PreCopy(tracker, new_image, say=lambda m: self.say(m, level=1))
+        self.precopy = pc
+        # The destination gets that much memory ready while the first copy travels.
+        self.link.send("expect", bytes=pc.dirty_bytes())
+        try:
+            iters = pc.run()
+        except AgentError as e:
+            raise MigrateError(
+                f"Failed to copy dump file (pre-copy): {e.message}", exit_code=MIG_COPY
+            ) from None
+        except TransportError as e:
+            raise MigrateError(
+                f"Failed to copy dump file (pre-copy): {e.message}", exit_code=MIG_COPY
+            ) from None
+        copied = sum(i.copied for i in iters)
+        self.stage(
+            f"Pre-copy ({len(iters)} iterations, {copied / 2**20:.0f} MiB)", time.monotonic() - t0
+        )
+        return images.get(pc.last_image) if pc.last_image else None
+
+    def _agent_step(self, op: str, what: str, **fields) -> dict:
+        try:
+            return self.link.request(op, timeout=AGENT_STEP_TIMEOUT, **fields)
+        except AgentError as e:
+            raise MigrateError(f"{what}: {e.message}", exit_code=MIG_DEST_START) from None
+        except TransportError as e:
+            raise TransportError(f"{what}: {e.message}", exit_code=MIG_DEST_START) from None
 
     def _point_of_no_return(self) -> None:
         self.cancellable = False
@@ -636,8 +777,7 @@ class Migration:
 
             attempt("Killing the source container", lambda: cpt.chkpnt_command(ct, "kill", None))
             attempt("Unmounting the source container", lambda: ct.umount(require_mounted=False))
-            attempt("Removing the local dump", lambda: _remove_local(self.l_dump))
-            attempt("Removing the remote dump", lambda: self._remove_remote_tree(self.r_dump))
+            # The remote images: the agent removed them when it said goodbye.
         if o.remove_area:
             self.say("Destroying container", level=1)
             attempt("Destroying the source container", ct.destroy)
@@ -672,7 +812,7 @@ class Migration:
         except TransportError as e:
             raise TransportError(f"{what}: {e.message}", exit_code=code) from None
 
-    def _start_sync(self, first: bool) -> rsync.RsyncRun:
+    def _start_sync(self, first: bool, prepared: rsync.Prepared | None = None) -> rsync.RsyncRun:
         return rsync.start_sync(
             self.target,
             self.ct.private or "",
@@ -680,6 +820,7 @@ class Migration:
             first_pass=first,
             extra=self.o.rsync,
             verbose=self.o.verbose,
+            prepared=prepared,
         )
 
     def _sync(self, first: bool) -> None:
@@ -746,11 +887,60 @@ class Migration:
     def _undo_suspend(self) -> None:
         from ..checkpoint import driver as cpt
 
+        if self.tracker is not None:
+            self.tracker.stop()  # no uffd, no write-protected page left behind
         if self.ct.is_running():
             self.say("Resuming container", level=1)
             cpt.chkpnt_command(self.ct, "resume", None)
 
+    def _agent_alive(self) -> bool:
+        return (
+            self.link is not None
+            and not self.link.closed
+            and self.remote is not None
+            and self.remote.alive
+        )
+
+    def _undo_images(self) -> None:
+        """Remove what the agent received.
+
+        Over the same channel if it is still in step; otherwise a new agent over
+        a fresh connection does it: it starts only once the old one (which saw
+        its channel break, and cleans up after itself) has exited, so nothing
+        is written there after this returns.
+        """
+        if self._agent_alive():
+            try:
+                self.link.request("drop", timeout=120)
+                return
+            except MigrateError:
+                pass
+        if self.link is not None:
+            self.link.close(bye=False)
+        r = self._remote()
+        try:
+            link = AgentLink.open(r, self.ctid, timeout=AGENT_LOCK_WAIT + 30)
+            try:
+                link.request("drop", timeout=120)
+                return
+            finally:
+                link.close()
+        except MigrateError as e:
+            self.say(
+                f"Rollback: the agent could not clean up ({e.message}); removing the images",
+                level=1,
+            )
+        self._remove_remote_tree(self.r_dump)
+        if r.exists(self.r_dump + ".pre"):
+            r.remove_tree(self.r_dump + ".pre")
+
     def _undo_undump(self) -> None:
+        if self._agent_alive():
+            try:
+                self.link.request("drop", timeout=REMOTE_LOCK_RETRY)
+                return
+            except MigrateError:
+                pass  # over a fresh connection, as vzctl commands
         try:
             r = self._remote()
             deadline = time.monotonic() + REMOTE_LOCK_RETRY
@@ -792,24 +982,6 @@ def _with_msg(e: RemoteCommandError, what: str, code: int) -> RemoteCommandError
     err.args = (err.message,)
     err.exit_code = code
     return err
-
-
-def _remove_local(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path)
-    elif os.path.lexists(path):
-        os.unlink(path)
-
-
-def _tree_size(path: str) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(path):
-        for n in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, n)).st_size
-            except OSError:
-                pass
-    return total
 
 
 def migrate(opts: MigrateOptions) -> int:

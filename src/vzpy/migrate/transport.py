@@ -152,7 +152,7 @@ def _check_vzlist(args: list[str]) -> None:
 
 
 def _check_vzmigrate(args: list[str]) -> None:
-    if len(args) != 2 or args[0] != "--node-info":
+    if len(args) != 2 or args[0] not in ("--node-info", "--agent"):
         raise NotAllowed(f"vzmigrate {' '.join(args)}")
     _ctid(args[1])
 
@@ -228,6 +228,29 @@ def _host_key_policy(target: SshTarget):
 
 # --- the connection ----------------------------------------------------------------------------
 
+_TRANSPORT: list = []
+
+
+def _transport_class():
+    """paramiko's Transport, preferring AES-GCM: one pass instead of AES-CTR + HMAC.
+
+    The image goes through this connection; on the 2-vCPU test VM a channel
+    moved 240 MB/s with aes128-ctr/hmac-sha2-256 and 290-350 MB/s with
+    aes128-gcm (about what the OpenSSH client does).  The others stay as
+    fallbacks for servers without GCM.
+    """
+    if not _TRANSPORT:
+        import paramiko
+
+        base = paramiko.Transport._preferred_ciphers
+        gcm = tuple(c for c in base if "gcm" in c)
+
+        class Transport(paramiko.Transport):
+            _preferred_ciphers = gcm + tuple(c for c in base if c not in gcm)
+
+        _TRANSPORT.append(Transport)
+    return _TRANSPORT[0]
+
 
 class Remote:
     def __init__(self, target: SshTarget, verbose: int = 0) -> None:
@@ -273,6 +296,7 @@ class Remote:
                 banner_timeout=t.connect_timeout,
                 auth_timeout=t.connect_timeout,
                 sock=sock,
+                transport_factory=_transport_class(),
             )
         except paramiko.BadHostKeyException as e:
             sock.close()
