@@ -203,11 +203,11 @@ def test_identity_and_rc_local(start_init):
 
 @root_only
 def test_reaps_adopted_zombie(start_init):
-    # `sleep 0` becomes a zombie under `sleep 4` (long enough to see it on a loaded machine), which never waits for it; when that
+    # `sleep 0` becomes a zombie under `sleep 8` (long enough to see it on a loaded machine), which never waits for it; when that
     # exits, the zombie is reparented to init, which must reap it.
     rc = (
         "#!/bin/sh\n"
-        "sh -c 'sleep 0 & echo $! > /run/zombie.pid; exec sleep 4' &\n"
+        "sh -c 'sleep 0 & echo $! > /run/zombie.pid; exec sleep 8' &\n"
         "echo $! > /run/parent.pid\n"
         "sleep 1000 &\necho $! > /run/a.pid\n"
     )
@@ -216,7 +216,7 @@ def test_reaps_adopted_zombie(start_init):
     z = wait_for(lambda: init.procs().get(zombie))
     assert z and wait_for(lambda: z.status() == psutil.STATUS_ZOMBIE)
     assert ns_pid(psutil.Process(z.ppid())) == parent
-    assert wait_for(lambda: set(init.procs()) == {keeper}, timeout=10), init.procs()
+    assert wait_for(lambda: set(init.procs()) == {keeper}, timeout=15), init.procs()
 
 
 @root_only
