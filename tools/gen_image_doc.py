@@ -1,6 +1,6 @@
 """Regenerate Appendix A of docs/image-format.md from src/vzpy/images/schema.py.
 
-    python3 tools/gen_image_doc.py      # rewrites the appendix in place
+python3 tools/gen_image_doc.py      # rewrites the appendix in place
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ def appendix() -> str:
         '"req" marks required fields; "(hex)" marks values the inspector shows in hexadecimal.',
         "",
     ]
-    core = sorted((r for r in schema.RECORDS.values() if r.id < schema.FIRST_MODULE_ID), key=lambda r: r.id)
+    core = sorted(
+        (r for r in schema.RECORDS.values() if r.id < schema.FIRST_MODULE_ID), key=lambda r: r.id
+    )
     for rt in core:
         out.append(f"#### `{rt.name}` (id {rt.id}, {rt.category})")
         out.append("")
@@ -35,7 +37,9 @@ def appendix() -> str:
         out.append("|---|---|---|---|---|")
         for f in sorted(rt.fields, key=lambda f: f.tag):
             notes = f.doc + (" (hex)" if f.hex else "")
-            out.append(f"| {f.tag} | {f.name} | {f.type} | {'' if f.optional else 'yes'} | {notes.strip()} |")
+            out.append(
+                f"| {f.tag} | {f.name} | {f.type} | {'' if f.optional else 'yes'} | {notes.strip()} |"
+            )
         out.append("")
     return "\n".join(out)
 

@@ -111,7 +111,9 @@ class Client:
         self.ip = ip
         self.lan = lan
 
-    def run(self, *args: str, check: bool = True, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = True, timeout: float = 60, **kw
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             ["nsenter", f"--net=/run/netns/{self.ns}", *args],
             check=check, capture_output=True, text=True, timeout=timeout, **kw,
@@ -158,7 +160,9 @@ class Node:
     def prefix(self) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{self.ns}"] if self.ns else []
 
-    def run(self, *args: str, check: bool = False, timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
+    def run(
+        self, *args: str, check: bool = False, timeout: float = 300, input: str | None = None
+    ) -> subprocess.CompletedProcess:
         return subprocess.run(
             [*self.prefix(), *args],
             capture_output=True, text=True, env=self.env, timeout=timeout, check=check, input=input,
@@ -173,7 +177,9 @@ class Node:
     def ok(self, *args: str, **kw) -> str:
         """Run vzctl and insist on success; return stdout."""
         r = self.vzctl(*args, **kw)
-        assert r.returncode == 0, f"vzctl {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
+        assert r.returncode == 0, (
+            f"vzctl {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}"
+        )
         return r.stdout
 
     def in_ns(self, fn, *args, **kw):
@@ -184,7 +190,9 @@ class Node:
             return fn(*args, **kw)
         return run_in_netns(f"/run/netns/{self.ns}", fn, *args, **kw)
 
-    def create(self, ctid: int, ip: str | None = None, hostname: str | None = None, template: str = "tiny") -> str | None:
+    def create(
+        self, ctid: int, ip: str | None = None, hostname: str | None = None, template: str = "tiny"
+    ) -> str | None:
         args = ["create", str(ctid), "--ostemplate", template]
         if ip is None and self.lan is not None:
             ip = self.lan.alloc_ip()

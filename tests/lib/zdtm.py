@@ -27,7 +27,9 @@ def build(name: str, extra: list[str] | None = None) -> str:
 
 
 class ZdtmRun:
-    def __init__(self, node, ctid: int, name: str, extra: list[str] | None = None, args: str = "") -> None:
+    def __init__(
+        self, node, ctid: int, name: str, extra: list[str] | None = None, args: str = ""
+    ) -> None:
         self.node = node
         self.ctid = ctid
         self.name = name

@@ -54,4 +54,6 @@ while True:
         snap = list(counters)
     with open(os.path.join(state_dir, "pyheap.result.tmp"), "w") as f:
         f.write(f"{digest()} {' '.join(map(str, snap))} {time.monotonic()}\n")
-    os.rename(os.path.join(state_dir, "pyheap.result.tmp"), os.path.join(state_dir, "pyheap.result"))
+    os.rename(
+        os.path.join(state_dir, "pyheap.result.tmp"), os.path.join(state_dir, "pyheap.result")
+    )

@@ -10,8 +10,9 @@ import time
 import zlib
 
 import pytest
-import zdtm
 from cbuild import build_c
+
+import zdtm
 
 pytestmark = pytest.mark.root
 
@@ -190,7 +191,9 @@ def test_both_freezers(node, freezer):
     z = start_counter_ct(node, 166)
     node.ok("chkpnt", "166", "--suspend")
     if freezer == "v1":
-        state = open(f"/sys/fs/cgroup/freezer/{node.cgroup_prefix}/166/freezer.state").read().strip()
+        state = (
+            open(f"/sys/fs/cgroup/freezer/{node.cgroup_prefix}/166/freezer.state").read().strip()
+        )
         assert state == "FROZEN"
     else:
         events = open(f"/sys/fs/cgroup/unified/{node.cgroup_prefix}/166/cgroup.events").read()

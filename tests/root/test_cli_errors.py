@@ -31,17 +31,31 @@ def test_usage_errors(node):
 
 def test_missing_global_config(node):
     env = dict(node.env, VZ_CONFDIR=os.path.join(node.base, "nowhere"))
-    r = subprocess.run([*node.prefix(), "vzctl", "status", "101"], env=env, capture_output=True, text=True)
+    r = subprocess.run(
+        [*node.prefix(), "vzctl", "status", "101"], env=env, capture_output=True, text=True
+    )
     check(r, 10, "Global configuration file")
 
 
 def test_create_errors(node):
     check(node.vzctl("create", "101", "--ostemplate", "no-such-os"), 91, "Cached OS template")
-    check(node.vzctl("create", "101", "--ostemplate", "tiny", "--ipadd", "300.1.1.1"), 71, "Bad IP address")
-    check(node.vzctl("create", "101", "--ostemplate", "tiny", "--hostname", "bad_host!"), 70, "Bad hostname")
+    check(
+        node.vzctl("create", "101", "--ostemplate", "tiny", "--ipadd", "300.1.1.1"),
+        71,
+        "Bad IP address",
+    )
+    check(
+        node.vzctl("create", "101", "--ostemplate", "tiny", "--hostname", "bad_host!"),
+        70,
+        "Bad hostname",
+    )
     check(node.vzctl("create", "101", "--config", "nosuch"), 82, "Sample config")
     ip = node.create(101)
-    check(node.vzctl("create", "102", "--ostemplate", "tiny", "--ipadd", ip), 78, "already used by CT 101")
+    check(
+        node.vzctl("create", "102", "--ostemplate", "tiny", "--ipadd", ip),
+        78,
+        "already used by CT 101",
+    )
     os.unlink(os.path.join(node.confdir, "conf", "101.conf"))
     # config gone, private area still there
     r = node.vzctl("create", "101", "--ostemplate", "tiny")
@@ -61,7 +75,11 @@ def test_state_errors(node):
     check(node.vzctl("destroy", "101"), 32, "Container is currently running")
     check(node.vzctl("umount", "101"), 32, "stop it first")
     check(node.vzctl("restore", "101"), 32, "container already running")
-    check(node.vzctl("set", "101", "--root", "/x"), 32, "Unable to change VE_ROOT on a running container")
+    check(
+        node.vzctl("set", "101", "--root", "/x"),
+        32,
+        "Unable to change VE_ROOT on a running container",
+    )
     check(node.vzctl("chkpnt", "101", "--suspend", "--kill"), 20, "only one sub command")
     check(node.vzctl("chkpnt", "101", "--dump"), 20, "dumpfile is not specified")
     r = node.vzctl("exec", "101", "exit 3")

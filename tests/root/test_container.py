@@ -70,7 +70,11 @@ def test_lifecycle_tiny(node, client):
     assert "eth0" not in links and "venet0" in links
 
     # A server inside is reachable from another namespace on the LAN.
-    r = node.vzctl("exec", "101", "mkdir -p /www && echo hello-from-101 > /www/index.html && httpd -p 8080 -h /www")
+    r = node.vzctl(
+        "exec",
+        "101",
+        "mkdir -p /www && echo hello-from-101 > /www/index.html && httpd -p 8080 -h /www",
+    )
     assert r.returncode == 0, r.stderr
     assert b"hello-from-101" in http_get(client, ip, 8080, "/index.html")
 
@@ -122,7 +126,11 @@ def test_graceful_stop_runs_shutdown(node):
     node.create(103)
     node.ok("start", "103")
     # A process that writes a marker on SIGTERM: graceful stop must let it run.
-    node.ok("exec", "103", "(trap 'echo bye > /root/bye; exit 0' TERM; while :; do sleep 0.1; done) >/dev/null 2>&1 &")
+    node.ok(
+        "exec",
+        "103",
+        "(trap 'echo bye > /root/bye; exit 0' TERM; while :; do sleep 0.1; done) >/dev/null 2>&1 &",
+    )
     time.sleep(0.3)
     t0 = time.monotonic()
     node.ok("stop", "103")

@@ -55,7 +55,10 @@ def test_python_threads_and_heap(node):
         node.ok("restore", "301")
     after = report()
     assert after[0] == digest, "heap contents changed"
-    assert all(int(a) > int(b) for a, b in zip(after[1:5], before[1:5], strict=True)), (before, after)
+    assert all(int(a) > int(b) for a, b in zip(after[1:5], before[1:5], strict=True)), (
+        before,
+        after,
+    )
     ps = node.ok("exec", "301", "ps -o pid,nlwp,comm -p " + pid)
     assert "python3" in ps and " 5 " in ps  # same pid, 5 threads
     node.ok("stop", "301", "--fast")

@@ -535,8 +535,7 @@ def test_fault_connection_dropped_during_image_copy(node, node_b, sa, sb):
             for part in parts():
                 try:
                     if any(
-                        os.path.getsize(os.path.join(part, f)) > (8 << 20)
-                        for f in os.listdir(part)
+                        os.path.getsize(os.path.join(part, f)) > (8 << 20) for f in os.listdir(part)
                     ):
                         dropped.extend(sb.drop_sessions())
                         return

@@ -8,6 +8,7 @@ import glob
 import os
 
 import pytest
+
 import zdtm
 
 pytestmark = pytest.mark.root

@@ -465,7 +465,9 @@ def _domainname(pid: int) -> str:
 # --- the vzctl command -------------------------------------------------------------------------
 
 
-def chkpnt_command(ct: Container, sub: str | None, dumpfile: str | None, keep_running: bool = False) -> None:
+def chkpnt_command(
+    ct: Container, sub: str | None, dumpfile: str | None, keep_running: bool = False
+) -> None:
     cfg = ct.cfg
     dumpfile = dumpfile or cfg.default_dumpfile()
     cg = ct.cgroup
@@ -496,7 +498,9 @@ def chkpnt_command(ct: Container, sub: str | None, dumpfile: str | None, keep_ru
         return
     if sub == "dump":
         if not cg.is_frozen():
-            raise CheckpointError("Can not dump container: it is not suspended (use --suspend first)")
+            raise CheckpointError(
+                "Can not dump container: it is not suspended (use --suspend first)"
+            )
         log.info("\tdump...")
         try:
             dump_container(ct, dumpfile, leave="frozen")
@@ -525,7 +529,10 @@ def chkpnt_command(ct: Container, sub: str | None, dumpfile: str | None, keep_ru
         ct.cleanup_runtime(keep_mount=True)
         if ct.is_mounted():
             ct.umount(require_mounted=False)
-    log.info(f"\tfrozen {r.frozen_ms:.0f} ms, dump {r.dump_ms:.0f} ms, {r.pages_bytes} bytes of memory", level=1)
+    log.info(
+        f"\tfrozen {r.frozen_ms:.0f} ms, dump {r.dump_ms:.0f} ms, {r.pages_bytes} bytes of memory",
+        level=1,
+    )
     log.info("Checkpointing completed successfully")
 
 

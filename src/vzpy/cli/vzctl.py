@@ -6,7 +6,6 @@ Global flags come before the command; usage errors exit 20, bad values 21.
 
 from __future__ import annotations
 
-import os
 import sys
 
 import click
@@ -70,7 +69,9 @@ class Ctx:
         self.ct = Container(ctid, self.cfg)
 
     def lock(self) -> CtLock:
-        return CtLock(self.cfg.lockdir, self.ctid, self.cmd, skip=self.skiplock or self.cmd in NO_LOCK)
+        return CtLock(
+            self.cfg.lockdir, self.ctid, self.cmd, skip=self.skiplock or self.cmd in NO_LOCK
+        )
 
 
 def _cmd(name: str, **kw):
@@ -179,14 +180,20 @@ def _exec_common(c: Ctx, args: tuple[str, ...], own_rc: bool) -> int:
 _PASS = {"ignore_unknown_options": True, "allow_interspersed_args": False, "help_option_names": []}
 
 
-@click.command("exec", context_settings=_PASS, help="Run a command (joined by spaces) with sh -c inside the container.")
+@click.command(
+    "exec",
+    context_settings=_PASS,
+    help="Run a command (joined by spaces) with sh -c inside the container.",
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def exec_cmd(c: Ctx, args):
     return _exec_common(c, args, own_rc=False)
 
 
-@click.command("exec2", context_settings=_PASS, help="Like exec, but exit with the command's own exit code.")
+@click.command(
+    "exec2", context_settings=_PASS, help="Like exec, but exit with the command's own exit code."
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 @click.pass_obj
 def exec2_cmd(c: Ctx, args):
@@ -212,7 +219,9 @@ def enter_cmd(c: Ctx, args):
 @_cmd("set", help="Change container parameters; --save writes them to CTID.conf.")
 @click.option("--save", is_flag=True, help="save to the container config file")
 @click.option("--force", is_flag=True, help="accepted for compatibility")
-@click.option("--setmode", type=click.Choice(["restart", "ignore"]), help="for restart-only parameters")
+@click.option(
+    "--setmode", type=click.Choice(["restart", "ignore"]), help="for restart-only parameters"
+)
 @click.option("--ipadd", multiple=True)
 @click.option("--ipdel", multiple=True)
 @click.option("--hostname")
@@ -267,7 +276,9 @@ def _one_subcommand(flags: dict[str, bool]) -> str | None:
 @click.option("--skip_arpdetect", is_flag=True, help="accepted for compatibility")
 @click.option("--keep-running", is_flag=True, help="dump and let the container run on (no kill)")
 @click.pass_obj
-def chkpnt_cmd(c: Ctx, dumpfile, suspend, dump, kill, resume, flags, context, skip_arpdetect, keep_running):
+def chkpnt_cmd(
+    c: Ctx, dumpfile, suspend, dump, kill, resume, flags, context, skip_arpdetect, keep_running
+):
     from ..checkpoint import driver
 
     sub = _one_subcommand({"suspend": suspend, "dump": dump, "kill": kill, "resume": resume})
@@ -288,7 +299,9 @@ def chkpnt_cmd(c: Ctx, dumpfile, suspend, dump, kill, resume, flags, context, sk
 @click.option("--skip-remount", is_flag=True, help="accepted for compatibility")
 @click.option("--skip-fsck", is_flag=True, help="accepted for compatibility")
 @click.pass_obj
-def restore_cmd(c: Ctx, dumpfile, undump, kill, resume, flags, context, skip_arpdetect, skip_remount, skip_fsck):
+def restore_cmd(
+    c: Ctx, dumpfile, undump, kill, resume, flags, context, skip_arpdetect, skip_remount, skip_fsck
+):
     from ..restore import driver
 
     sub = _one_subcommand({"undump": undump, "kill": kill, "resume": resume})

@@ -168,7 +168,9 @@ class Row:
 def _fmt(field: str, suffix: str, value, last: bool, trim: bool) -> str:
     f = FIELDS[field]
     if f.kind == "ubc":
-        v = value[{"": "held", "m": "maxheld", "b": "barrier", "l": "limit", "f": "failcnt"}[suffix]]
+        v = value[
+            {"": "held", "m": "maxheld", "b": "barrier", "l": "limit", "f": "failcnt"}[suffix]
+        ]
         s = "unlimited" if v >= LONG_MAX else str(v)
     elif value is None or value == []:
         s = "-"
@@ -190,7 +192,9 @@ def _fmt(field: str, suffix: str, value, last: bool, trim: bool) -> str:
 def _split_field(spec: str) -> tuple[str, str]:
     name, _, suffix = spec.partition(".")
     name = ALIASES.get(name, name)
-    if name not in FIELDS or (suffix and (FIELDS[name].kind != "ubc" or suffix not in "mblf" or len(suffix) != 1)):
+    if name not in FIELDS or (
+        suffix and (FIELDS[name].kind != "ubc" or suffix not in "mblf" or len(suffix) != 1)
+    ):
         raise VzError(f"Unknown field: {spec}", exit_code=1)
     return name, suffix
 
@@ -205,13 +209,14 @@ def parse_args(argv: list[str]) -> dict:
             "sort": None, "names": False, "hostname": None, "name_filter": None,
             "description": None, "ids": [], "list": False, "help": False}  # fmt: skip
     it = iter(argv)
-    for a in it:
-        def val() -> str:
-            try:
-                return next(it)
-            except StopIteration:
-                raise VzError(f"Option {a} requires an argument", exit_code=1) from None
 
+    def val(opt: str) -> str:
+        try:
+            return next(it)
+        except StopIteration:
+            raise VzError(f"Option {opt} requires an argument", exit_code=1) from None
+
+    for a in it:
         if a in ("-a", "--all"):
             opts["mode"] = "all"
         elif a in ("-S", "--stopped"):
@@ -223,22 +228,22 @@ def parse_args(argv: list[str]) -> dict:
         elif a in ("-j", "--json"):
             opts["json"] = True
         elif a in ("-o", "--output"):
-            opts["fields"] = val().split(",")
+            opts["fields"] = val(a).split(",")
         elif a.startswith("--output="):
             opts["fields"] = a.split("=", 1)[1].split(",")
         elif a == "-1":
             opts["header"] = False
             opts["fields"] = ["ctid"]
         elif a in ("-s", "--sort"):
-            opts["sort"] = val()
+            opts["sort"] = val(a)
         elif a in ("-n", "--name"):
             opts["names"] = True
         elif a in ("-h", "--hostname"):
-            opts["hostname"] = val()
+            opts["hostname"] = val(a)
         elif a in ("-N", "--name_filter"):
-            opts["name_filter"] = val()
+            opts["name_filter"] = val(a)
         elif a in ("-d", "--description"):
-            opts["description"] = val()
+            opts["description"] = val(a)
         elif a in ("-L", "--list"):
             opts["list"] = True
         elif a == "--help":
@@ -267,7 +272,9 @@ def run(argv: list[str]) -> int:
     if opts["fields"]:
         fields = [_split_field(s) for s in opts["fields"]]
     else:
-        fields = [(("smart_name" if opts["names"] else "ctid"), "")] + [(f, "") for f in DEFAULT[1:]]
+        fields = [(("smart_name" if opts["names"] else "ctid"), "")] + [
+            (f, "") for f in DEFAULT[1:]
+        ]
     if opts["json"] and any(s for _, s in fields):
         raise VzError("Field suffixes are not allowed with -j", exit_code=1)
     ids = opts["ids"] or all_ctids()
@@ -281,11 +288,17 @@ def run(argv: list[str]) -> int:
             continue
         if opts["mode"] == "stopped" and row.running:
             continue
-        if opts["hostname"] and not fnmatch.fnmatch(row.cfg.get("HOSTNAME") or "", opts["hostname"]):
+        if opts["hostname"] and not fnmatch.fnmatch(
+            row.cfg.get("HOSTNAME") or "", opts["hostname"]
+        ):
             continue
-        if opts["name_filter"] and not fnmatch.fnmatch(row.cfg.get("NAME") or "", opts["name_filter"]):
+        if opts["name_filter"] and not fnmatch.fnmatch(
+            row.cfg.get("NAME") or "", opts["name_filter"]
+        ):
             continue
-        if opts["description"] and not fnmatch.fnmatch(row.cfg.get("DESCRIPTION") or "", opts["description"]):
+        if opts["description"] and not fnmatch.fnmatch(
+            row.cfg.get("DESCRIPTION") or "", opts["description"]
+        ):
             continue
         rows.append(row)
     if opts["sort"]:
@@ -299,7 +312,11 @@ def run(argv: list[str]) -> int:
         def key(r: Row):
             v = r.value(name)
             if FIELDS[name].kind == "ubc":
-                v = v[{"": "held", "m": "maxheld", "b": "barrier", "l": "limit", "f": "failcnt"}[suffix]]
+                v = v[
+                    {"": "held", "m": "maxheld", "b": "barrier", "l": "limit", "f": "failcnt"}[
+                        suffix
+                    ]
+                ]
             if isinstance(v, list):
                 v = v[0] if v else ""
             return (v is None, v if v is not None else 0)

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import signal
 import time
-
-import re
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 V1_CONTROLLERS = ("freezer", "memory", "cpu", "cpuacct", "cpuset", "pids", "devices")
@@ -175,7 +174,10 @@ class CtCgroup:
     def is_frozen(self) -> bool:
         try:
             if self.freezer == "v2":
-                return self._v2_frozen() or _read(os.path.join(self.v2, "cgroup.freeze")).strip() == "1"
+                return (
+                    self._v2_frozen()
+                    or _read(os.path.join(self.v2, "cgroup.freeze")).strip() == "1"
+                )
             return _read(os.path.join(self.v1["freezer"], "freezer.state")).strip() != "THAWED"
         except FileNotFoundError:
             return False

@@ -168,13 +168,17 @@ class Container:
                 log.info("Container is already mounted")
             return
         if not os.path.isdir(private):
-            raise VzError(f"Container private area {private} does not exist", exit_code=VZ_FS_NOPRVT)
+            raise VzError(
+                f"Container private area {private} does not exist", exit_code=VZ_FS_NOPRVT
+            )
         self.run_action_script("premount")
         os.makedirs(root, mode=0o755, exist_ok=True)
         try:
             libc.mount(private, root, None, libc.MS_BIND)
         except OSError as e:
-            raise VzError(f"Can't mount {private} on {root}: {e.strerror}", exit_code=VZ_FS_MOUNT_ERROR) from e
+            raise VzError(
+                f"Can't mount {private} on {root}: {e.strerror}", exit_code=VZ_FS_MOUNT_ERROR
+            ) from e
         self.run_action_script("mount")
         log.info("Container is mounted")
 
@@ -191,7 +195,9 @@ class Container:
             libc.umount2(root, 0)
         except OSError as e:
             if e.errno != errno.EBUSY:
-                raise VzError(f"Can't umount {root}: {e.strerror}", exit_code=VZ_FS_UMOUNT_ERROR) from e
+                raise VzError(
+                    f"Can't umount {root}: {e.strerror}", exit_code=VZ_FS_UMOUNT_ERROR
+                ) from e
             libc.umount2(root, libc.MNT_DETACH)
         self.run_action_script("postumount")
         log.info("Container is unmounted")
@@ -227,7 +233,10 @@ class Container:
                 )
             ct = ConfFile.load(conf_path)
             if self.private and os.path.exists(self.private):
-                raise VzError(f"Private area already exists in {self.private}", exit_code=VZ_FS_PRVT_AREA_EXIST)
+                raise VzError(
+                    f"Private area already exists in {self.private}",
+                    exit_code=VZ_FS_PRVT_AREA_EXIST,
+                )
         else:
             sample = sample or self.cfg.glob.get("CONFIGFILE")
             ct = ConfFile(path=conf_path)
@@ -239,7 +248,9 @@ class Container:
                     ct.changed = dict(ct.values)
                     ct.lines = []
                 except OSError:
-                    raise VzError(f"Sample config {spath} not found", exit_code=VZ_CP_CONFIG) from None
+                    raise VzError(
+                        f"Sample config {spath} not found", exit_code=VZ_CP_CONFIG
+                    ) from None
                 ct.set("ORIGIN_SAMPLE", sample)
         self.cfg.ct = ct
         # Saved literally, $VEID unexpanded, like vzctl does.
@@ -250,7 +261,9 @@ class Container:
             raise VzError("TEMPLATE is not set", exit_code=VZ_VE_TMPL_NOTSET)
         root_path, priv_path = self.require_paths()
         if os.path.exists(priv_path) and os.listdir(priv_path):
-            raise VzError(f"Private area already exists in {priv_path}", exit_code=VZ_FS_PRVT_AREA_EXIST)
+            raise VzError(
+                f"Private area already exists in {priv_path}", exit_code=VZ_FS_PRVT_AREA_EXIST
+            )
         ostemplate = ostemplate or self.cfg.get("OSTEMPLATE") or self.cfg.get("DEF_OSTEMPLATE")
         if not ostemplate:
             raise VzError("OS template is not specified", exit_code=VZ_VE_OSTEMPLATE_NOTSET)
@@ -303,7 +316,9 @@ class Container:
             if isinstance(e, VzError):
                 raise
             if isinstance(e, OSError):
-                raise VzError(f"Unable to create private area: {e}", exit_code=VZ_FS_NEW_VE_PRVT) from e
+                raise VzError(
+                    f"Unable to create private area: {e}", exit_code=VZ_FS_NEW_VE_PRVT
+                ) from e
             raise
         log.info("Container private area was created")
 
@@ -343,7 +358,9 @@ class Container:
             pass
         if name:
             link = os.path.join(names_dir(), name)
-            if os.path.islink(link) and os.path.basename(os.readlink(link)) == os.path.basename(conf):
+            if os.path.islink(link) and os.path.basename(os.readlink(link)) == os.path.basename(
+                conf
+            ):
                 os.unlink(link)
         log.info("Container private area was destroyed")
 
@@ -382,7 +399,9 @@ class Container:
             raise VzError("Container start disabled", exit_code=VZ_START_DISABLED)
         root, private = self.require_paths()
         if not os.path.isdir(private):
-            raise VzError(f"Container private area {private} does not exist", exit_code=VZ_FS_NOPRVT)
+            raise VzError(
+                f"Container private area {private} does not exist", exit_code=VZ_FS_NOPRVT
+            )
         if self.is_running():
             raise RunningError("Container is already running")
         dump = self.cfg.default_dumpfile()

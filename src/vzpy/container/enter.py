@@ -46,7 +46,9 @@ def _shell_argv(ct, argv: list[str]) -> list[str]:
     return [shell, "-c", " ".join(argv)]
 
 
-def exec_in(ct, argv: list[str], *, wait: bool = True, quiet: bool = False, stdin_data: bytes | None = None) -> int:
+def exec_in(
+    ct, argv: list[str], *, wait: bool = True, quiet: bool = False, stdin_data: bytes | None = None
+) -> int:
     """Run argv (already a full argv) inside the container; return its exit code."""
     init_pid = ct.init_pid()
     if init_pid is None:
@@ -106,7 +108,9 @@ def exec_in(ct, argv: list[str], *, wait: bool = True, quiet: bool = False, stdi
     os.close(r)
     code = os.waitstatus_to_exitcode(st)
     if err and code in (126, 127):
-        raise VzError(f"Unable to execute {argv[0]} in CT {ct.ctid}: {err}", exit_code=8 if code == 127 else 3)
+        raise VzError(
+            f"Unable to execute {argv[0]} in CT {ct.ctid}: {err}", exit_code=8 if code == 127 else 3
+        )
     return code
 
 
@@ -156,7 +160,9 @@ def _open_peer(master: int) -> int:
     """TIOCGPTPEER: the slave fd without a path lookup (ioctl returns the new fd)."""
     import ctypes
 
-    fd = libc.libc.ioctl(ctypes.c_int(master), ctypes.c_ulong(TIOCGPTPEER), ctypes.c_int(os.O_RDWR | os.O_NOCTTY))
+    fd = libc.libc.ioctl(
+        ctypes.c_int(master), ctypes.c_ulong(TIOCGPTPEER), ctypes.c_int(os.O_RDWR | os.O_NOCTTY)
+    )
     if fd < 0:
         e = ctypes.get_errno()
         raise OSError(e, os.strerror(e))

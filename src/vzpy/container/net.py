@@ -45,7 +45,7 @@ def ct_alias(ctid: int) -> str:
 def mac_for(ctid: int, side: str) -> str:
     """Stable MAC from the CTID; 00:18:51 is the OUI OpenVZ used for veth."""
     h = hashlib.sha256(f"{ctid}:{side}".encode()).digest()
-    return "00:18:51:%02x:%02x:%02x" % (h[0], h[1], h[2])
+    return f"00:18:51:{h[0]:02x}:{h[1]:02x}:{h[2]:02x}"
 
 
 def split_ip(addr: str) -> tuple[str, int]:
@@ -245,7 +245,9 @@ def send_garp(ifname: str, mac: str, ip: str) -> None:
     try:
         s.bind((ifname, 0x0806))
         for op in (1, 2):
-            arp = struct.pack("!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, hw, pa, bcast if op == 2 else b"\0" * 6, pa)
+            arp = struct.pack(
+                "!HHBBH6s4s6s4s", 1, 0x0800, 6, 4, op, hw, pa, bcast if op == 2 else b"\0" * 6, pa
+            )
             s.send(bcast + hw + struct.pack("!H", 0x0806) + arp)
     except OSError:
         pass

@@ -70,7 +70,10 @@ def validate_ip(addr: str) -> str:
 
 
 def validate_hostname(name: str) -> str:
-    if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9\-]{0,62})(\.[A-Za-z0-9\-]{1,63})*\.?", name) or len(name) > 253:
+    if (
+        not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9\-]{0,62})(\.[A-Za-z0-9\-]{1,63})*\.?", name)
+        or len(name) > 253
+    ):
         raise VzError(f"Bad hostname {name}", exit_code=VZ_BADHOSTNAME)
     return name
 
@@ -90,14 +93,18 @@ def ip_owner(ip: str, exclude: int) -> int | None:
     return None
 
 
-def apply_create_params(ct, conf: ConfFile, ipadd: list[str], hostname: str | None, name: str | None) -> None:
+def apply_create_params(
+    ct, conf: ConfFile, ipadd: list[str], hostname: str | None, name: str | None
+) -> None:
     if ipadd:
         ips = []
         for a in ipadd:
             validate_ip(a)
             owner = ip_owner(a, ct.ctid)
             if owner is not None:
-                raise VzError(f"IP address {a} is already used by CT {owner}", exit_code=VZ_IP_INUSE)
+                raise VzError(
+                    f"IP address {a} is already used by CT {owner}", exit_code=VZ_IP_INUSE
+                )
             ips.append(a)
         conf.set("IP_ADDRESS", " ".join(ips))
     if hostname:
@@ -114,7 +121,9 @@ def check_name(name: str, ctid: int) -> None:
         raise VzError(f"Invalid container name {name}", exit_code=VZ_NAME_ERROR)
     owner = name_owner(name)
     if owner is not None and owner != ctid:
-        raise VzError(f"Conflict: name {name} already used by container {owner}", exit_code=VZ_NAME_ERROR)
+        raise VzError(
+            f"Conflict: name {name} already used by container {owner}", exit_code=VZ_NAME_ERROR
+        )
 
 
 @dataclass
@@ -177,7 +186,9 @@ def set_params(ct, req: SetRequest, save: bool) -> None:
             validate_ip(a)
             owner = ip_owner(a, ct.ctid)
             if owner is not None:
-                raise VzError(f"IP address {a} is already used by CT {owner}", exit_code=VZ_IP_INUSE)
+                raise VzError(
+                    f"IP address {a} is already used by CT {owner}", exit_code=VZ_IP_INUSE
+                )
             if a.split("/")[0] not in [c.split("/")[0] for c in cur]:
                 adds.append(a)
         log.info("Adding IP address(es): " + " ".join(req.ipadd))
@@ -265,7 +276,10 @@ def set_params(ct, req: SetRequest, save: bool) -> None:
             raise BadValueError(f"Invalid value for --cpuunits: {req.cpuunits}")
         conf.set("CPUUNITS", req.cpuunits)
     ct.cfg.ct = conf
-    if running and any(getattr(req, k) is not None for k in ("ram", "swap", "numproc", "cpulimit", "cpus", "cpuunits")):
+    if running and any(
+        getattr(req, k) is not None
+        for k in ("ram", "swap", "numproc", "cpulimit", "cpus", "cpuunits")
+    ):
         apply_cgroup_limits(ct, ct.cgroup, verbose=True)
     if need_restart:
         log.warning("Warning: some parameters take effect only after the container is restarted")

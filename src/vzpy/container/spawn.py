@@ -317,7 +317,9 @@ def spawn(spec: SpawnSpec, before_go: Callable[[int], None]) -> int:
         line = reader.readline().decode()
         os.waitpid(child, 0)
         if not line.startswith("P"):
-            raise VzError(f"Unable to create container namespaces: {line[1:].strip() or 'child died'}")
+            raise VzError(
+                f"Unable to create container namespaces: {line[1:].strip() or 'child died'}"
+            )
         pid = int(line[1:])
         try:
             before_go(pid)

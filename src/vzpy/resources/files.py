@@ -30,15 +30,26 @@ from ..errors import RestoreError, UnsupportedError
 from ..images.schema import Field, register_record
 from ..sys import libc
 
-PIPE = register_record("pipe", id=1001, category="file", fields=[
-    Field("pipe_id", 1, "uint", optional=False, doc="pipe inode at dump"),
-    Field("fifo_path", 2, "str", doc="for a FIFO opened by path"),
-])
-PIPE_DATA = register_record("pipe_data", id=1002, category="file", fields=[
-    Field("pipe_id", 1, "uint", optional=False),
-    Field("size", 2, "uint", doc="F_GETPIPE_SZ"),
-    Field("data", 3, "bytes", doc="unread bytes, read with tee() so the pipe kept them"),
-], doc="contents of a pipe buffer: pipe_data-INO.img")
+PIPE = register_record(
+    "pipe",
+    id=1001,
+    category="file",
+    fields=[
+        Field("pipe_id", 1, "uint", optional=False, doc="pipe inode at dump"),
+        Field("fifo_path", 2, "str", doc="for a FIFO opened by path"),
+    ],
+)
+PIPE_DATA = register_record(
+    "pipe_data",
+    id=1002,
+    category="file",
+    fields=[
+        Field("pipe_id", 1, "uint", optional=False),
+        Field("size", 2, "uint", doc="F_GETPIPE_SZ"),
+        Field("data", 3, "bytes", doc="unread bytes, read with tee() so the pipe kept them"),
+    ],
+    doc="contents of a pipe buffer: pipe_data-INO.img",
+)
 GHOST_FILE = register_record("ghost_file", id=1003, category="file", fields=[
     Field("ino", 1, "uint", optional=False),
     Field("mode", 2, "uint"),
@@ -278,7 +289,9 @@ class RegFileKind(FdKind):
         }
         if deleted:
             if not stat.S_ISREG(st.st_mode):
-                raise UnsupportedError(f"Can't dump task {probe.nspid}: fd {probe.fd} is a deleted {link}")
+                raise UnsupportedError(
+                    f"Can't dump task {probe.nspid}: fd {probe.fd} is a deleted {link}"
+                )
             ctx.deleted_files.save(ctx, probe, rec)
         elif probe.flags & O_PATH == 0 and stat.S_ISREG(st.st_mode):
             pass
@@ -295,9 +308,15 @@ class RegFileKind(FdKind):
         except OSError as e:
             raise RestoreError(f"Can't reopen {path}: {e.strerror}") from e
         st = os.fstat(fd)
-        if stat.S_ISREG(st.st_mode) and d.get("size") is not None and st.st_size < entry.get("pos", 0):
+        if (
+            stat.S_ISREG(st.st_mode)
+            and d.get("size") is not None
+            and st.st_size < entry.get("pos", 0)
+        ):
             os.close(fd)
-            raise RestoreError(f"File {path} is shorter than its saved offset ({st.st_size} < {entry['pos']})")
+            raise RestoreError(
+                f"File {path} is shorter than its saved offset ({st.st_size} < {entry['pos']})"
+            )
         if entry.get("pos") and not stat.S_ISCHR(st.st_mode):
             os.lseek(fd, entry["pos"], os.SEEK_SET)
         return fd
@@ -438,7 +457,11 @@ class PipeRestorer:
                 os.set_inheritable(w, False)
             else:
                 r, w = os.pipe2(O_CLOEXEC)
-            rec = rctx.img.read("pipe_data", str(ino)) if rctx.img.has("pipe_data", str(ino)) else None
+            rec = (
+                rctx.img.read("pipe_data", str(ino))
+                if rctx.img.has("pipe_data", str(ino))
+                else None
+            )
             if rec:
                 try:
                     fcntl.fcntl(w, F_SETPIPE_SZ, rec["size"])
@@ -456,7 +479,10 @@ class PipeRestorer:
         else:
             # Each task-side description is its own: reopen through /proc to get
             # a new file with our flags (O_NONBLOCK...), same pipe.
-            fd = os.open(f"/proc/self/fd/{end}", (flags & ~O_CLOEXEC & ~os.O_CREAT) | O_CLOEXEC | os.O_NONBLOCK)
+            fd = os.open(
+                f"/proc/self/fd/{end}",
+                (flags & ~O_CLOEXEC & ~os.O_CREAT) | O_CLOEXEC | os.O_NONBLOCK,
+            )
             if not flags & os.O_NONBLOCK:
                 fl = fcntl.fcntl(fd, fcntl.F_GETFL)
                 fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)

@@ -281,7 +281,13 @@ class ShmemObjects:
                     ctx.stats["shmem_bytes"] += n
                     off = hole
                 pw.close()
-            self.done[ino] = {"ino": ino, "size": size, "kind": kind, "path": v.path, "users": [pid]}
+            self.done[ino] = {
+                "ino": ino,
+                "size": size,
+                "kind": kind,
+                "path": v.path,
+                "users": [pid],
+            }
         finally:
             os.close(fd)
 
@@ -312,7 +318,11 @@ class MmRestorer:
         with open(f"/proc/{pid}/maps", "rb") as f:
             cur = procfs.parse_maps(f.read())
         cur_block = _special_block(
-            [{"start": v.start, "end": v.end, "kind": (v.path or "").strip("[]")} for v in cur if v.path in SPECIAL]
+            [
+                {"start": v.start, "end": v.end, "kind": (v.path or "").strip("[]")}
+                for v in cur
+                if v.path in SPECIAL
+            ]
         )
         if dumped_vdso and cur_block:
             d_start, d_end, d_vdso = dumped_vdso
@@ -348,7 +358,9 @@ class MmRestorer:
                     continue
                 length = v["end"] - v["start"]
                 prot = v["prot"]
-                flags = (v["flags"] & (MAP_SHARED | MAP_PRIVATE | MAP_GROWSDOWN | MAP_NORESERVE)) | MAP_FIXED
+                flags = (
+                    v["flags"] & (MAP_SHARED | MAP_PRIVATE | MAP_GROWSDOWN | MAP_NORESERVE)
+                ) | MAP_FIXED
                 h = vma_handler(v)
                 if h is not None:
                     h.map(self.ctx, self.task, inj, v)
@@ -359,11 +371,17 @@ class MmRestorer:
                     key = (path, kind)
                     fd = fds_open.get(key)
                     if fd is None:
-                        want = os.O_RDWR if (kind == "file_shared" and prot & PROT_WRITE) else os.O_RDONLY
+                        want = (
+                            os.O_RDWR
+                            if (kind == "file_shared" and prot & PROT_WRITE)
+                            else os.O_RDONLY
+                        )
                         try:
                             fd = inj.open(path, want | os.O_CLOEXEC)
                         except OSError as e:
-                            raise RestoreError(f"Can't open mapped file {path}: {e.strerror}") from e
+                            raise RestoreError(
+                                f"Can't open mapped file {path}: {e.strerror}"
+                            ) from e
                         fds_open[key] = fd
                     inj.mmap(v["start"], length, prot, flags, fd, v["pgoff"] * vm.PAGE_SIZE)
                 elif kind in ("shmem", "memfd", "sysv_shm", "memfd_private"):

@@ -51,7 +51,9 @@ RESTORE_OPTIONS = (
     | ptrace.PTRACE_O_SUSPEND_SECCOMP
     | ptrace.PTRACE_O_TRACESYSGOOD
 )
-THREAD_FLAGS = 0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000  # VM FS FILES SIGHAND THREAD SYSVSEM
+THREAD_FLAGS = (
+    0x100 | 0x200 | 0x400 | 0x800 | 0x10000 | 0x40000
+)  # VM FS FILES SIGHAND THREAD SYSVSEM
 TASK_SIZE = 0x7FFFFFFFF000
 SCRATCH_PAGES = 4
 SYS_setsid, SYS_setpgid, SYS_close_range, SYS_fchdir, SYS_chroot = 112, 109, 436, 81, 161
@@ -145,7 +147,9 @@ class RestoreCtx:
             m = mmap.mmap(-1, size, mmap.MAP_SHARED)
             addr, holder = _addr_of(m)
             try:
-                fd = os.open(f"/proc/self/map_files/{addr:x}-{addr + size:x}", os.O_RDWR | os.O_CLOEXEC)
+                fd = os.open(
+                    f"/proc/self/map_files/{addr:x}-{addr + size:x}", os.O_RDWR | os.O_CLOEXEC
+                )
             finally:
                 del holder
                 m.close()
@@ -241,7 +245,9 @@ def restore_container(
                 except Exception as e:  # noqa: BLE001 - keep cleaning up
                     log.error(f"Warning: cleanup of {r.name} failed: {e}")
             ct.cleanup_runtime(keep_mount=was_mounted)
-            log.error('Container restore failed (try to check kernel messages, e.g. "dmesg | tail")')
+            log.error(
+                'Container restore failed (try to check kernel messages, e.g. "dmesg | tail")'
+            )
     if mode == "full":
         log.info("\tresume...")
     return (time.monotonic() - t0) * 1000
@@ -276,7 +282,8 @@ def _undump(rctx: RestoreCtx, skip_arpdetect: bool) -> None:
     img = rctx.img
     tree = img.read("pstree")["tasks"]
     rctx.tasks = [
-        RTask(t["pid"], t["ppid"], t["pgid"], t["sid"], list(t.get("threads") or [t["pid"]])) for t in tree
+        RTask(t["pid"], t["ppid"], t["pgid"], t["sid"], list(t.get("threads") or [t["pid"]]))
+        for t in tree
     ]
     for t in rctx.tasks:
         t.rec = img.read("task", str(t.pid))
@@ -393,7 +400,9 @@ def _build_tree(rctx: RestoreCtx) -> None:
             with Injector(t.host_pid) as inj:
                 rc = inj.syscall(SYS_setpgid, 0, t.pgid)
                 if rc < 0:
-                    raise RestoreError(f"Can't put task {t.pid} into process group {t.pgid}: {os.strerror(-rc)}")
+                    raise RestoreError(
+                        f"Can't put task {t.pid} into process group {t.pgid}: {os.strerror(-rc)}"
+                    )
     # helpers go; their children are re-parented to init, which reaps the helpers now
     for sid, h in helpers.items():
         with Injector(h) as inj:
@@ -455,7 +464,9 @@ def _restore_task(rctx: RestoreCtx, t: RTask) -> None:
         for ns_tid in t.threads[1:]:
             rax, child = inj.clone3(THREAD_FLAGS, 0, [ns_tid])
             if rax != ns_tid or child is None:
-                raise RestoreError(f"Could not recreate thread {ns_tid} of task {t.pid} (got {rax})")
+                raise RestoreError(
+                    f"Could not recreate thread {ns_tid} of task {t.pid} (got {rax})"
+                )
             wait_new_child(child)
             rctx.seized.append(child)
             t.host_tids[ns_tid] = child
@@ -482,7 +493,9 @@ def _unmap_all_but_vdso(inj, t: RTask) -> None:
     # rseq update on the way back to user mode faults (SIGSEGV at the syscall).
     rs = ptrace.get_rseq_config(t.host_pid)
     if rs.rseq_abi_pointer:
-        inj.call(334, rs.rseq_abi_pointer, rs.rseq_abi_size, 1, rs.signature)  # RSEQ_FLAG_UNREGISTER
+        inj.call(
+            334, rs.rseq_abi_pointer, rs.rseq_abi_size, 1, rs.signature
+        )  # RSEQ_FLAG_UNREGISTER
     inj.syscall(273, 0, 0)  # set_robust_list(NULL): nothing of the stub's must be touched at exit
     inj.syscall(218, 0)  # set_tid_address(NULL)
     if lo > 0x10000:
@@ -522,7 +535,9 @@ def _restore_fs(rctx: RestoreCtx, t: RTask, inj, fs: dict) -> None:
         try:
             ours = rctx.open_in_root(cwd, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
-            raise RestoreError(f"Can't find the working directory {cwd} of task {t.pid}: {e.strerror}") from e
+            raise RestoreError(
+                f"Can't find the working directory {cwd} of task {t.pid}: {e.strerror}"
+            ) from e
         try:
             theirs = rctx.channel.send([ours])[0]
         finally:
@@ -580,7 +595,9 @@ def _finish_task(rctx: RestoreCtx, t: RTask) -> None:
         res_task.arm_timers(rctx, t, inj)
         res_task.queue_signals(inj, scratch, t.pid, None, t.rec.get("shared_signals") or [])
         for ns_tid in t.threads:
-            res_task.queue_signals(inj, scratch, t.pid, ns_tid, threads[ns_tid].get("signals") or [])
+            res_task.queue_signals(
+                inj, scratch, t.pid, ns_tid, threads[ns_tid].get("signals") or []
+            )
         res_task.restore_creds(rctx, inj, threads[t.pid].get("creds"))
         inj.saved_sigmask = threads[t.pid].get("blocked", 0)
     for ns_tid in t.threads:
@@ -597,7 +614,9 @@ def _finish_task(rctx: RestoreCtx, t: RTask) -> None:
 # --- the vzctl command -------------------------------------------------------------------------
 
 
-def restore_command(ct: Container, sub: str | None, dumpfile: str | None, skip_arpdetect: bool = False) -> None:
+def restore_command(
+    ct: Container, sub: str | None, dumpfile: str | None, skip_arpdetect: bool = False
+) -> None:
     cfg = ct.cfg
     path = dumpfile or cfg.default_dumpfile()
     cg = ct.cgroup
@@ -624,7 +643,9 @@ def restore_command(ct: Container, sub: str | None, dumpfile: str | None, skip_a
     if ct.is_running():
         raise RunningError("Unable to perform restore: container already running")
     try:
-        ms = restore_container(ct, path, mode="undump" if sub == "undump" else "full", skip_arpdetect=skip_arpdetect)
+        ms = restore_container(
+            ct, path, mode="undump" if sub == "undump" else "full", skip_arpdetect=skip_arpdetect
+        )
     except VzError as e:
         if not isinstance(e, RestoreError):
             raise RestoreError(str(e)) from e

@@ -39,7 +39,9 @@ O_CLOEXEC = 0o2000000
 
 
 class FdChannel:
-    def __init__(self, inj, scratch: int, netns_pid: int, sender: socket.socket | None = None) -> None:
+    def __init__(
+        self, inj, scratch: int, netns_pid: int, sender: socket.socket | None = None
+    ) -> None:
         """`scratch`: an RW area of at least 2 pages in the task (not touched by anyone else)."""
         self.inj = inj
         self.scratch = scratch
@@ -48,7 +50,9 @@ class FdChannel:
         self.tfd = inj.call(SYS_socket, AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)
         inj.write(scratch, addr)
         inj.call(SYS_bind, self.tfd, scratch, len(addr))
-        self.sender = sender or run_in_netns(netns_pid, socket.socket, socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sender = sender or run_in_netns(
+            netns_pid, socket.socket, socket.AF_UNIX, socket.SOCK_DGRAM
+        )
         self.own_sender = sender is None
 
     def send(self, fds: list[int]) -> list[int]:

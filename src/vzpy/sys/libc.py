@@ -246,9 +246,7 @@ def mount(
     def enc(s: str | None) -> bytes | None:
         return s.encode() if s is not None else None
 
-    ret = libc.mount(
-        enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)
-    )
+    ret = libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data))
     if ret == -1:
         err = ctypes.get_errno()
         raise OSError(err, f"mount {source} on {target} ({fstype}): {os.strerror(err)}")

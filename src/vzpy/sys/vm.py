@@ -64,7 +64,11 @@ class PmScanArg(ctypes.Structure):
 class PageRegion(ctypes.Structure):
     """struct page_region { __u64 start; __u64 end; __u64 categories; };"""
 
-    _fields_ = [("start", ctypes.c_uint64), ("end", ctypes.c_uint64), ("categories", ctypes.c_uint64)]
+    _fields_ = [
+        ("start", ctypes.c_uint64),
+        ("end", ctypes.c_uint64),
+        ("categories", ctypes.c_uint64),
+    ]
 
 
 assert ctypes.sizeof(PmScanArg) == 96
