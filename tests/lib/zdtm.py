@@ -18,12 +18,26 @@ from cbuild import build_c
 ZDTM_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "zdtm")
 
 
-def build(name: str, extra: list[str] | None = None) -> str:
-    src = os.path.join(ZDTM_DIR, name + ".c")
+def build_path(src: str, extra: list[str] | None = None) -> str:
+    """Build a C program that includes zdtmlib.h (inlined, so it builds anywhere)."""
+    name = os.path.splitext(os.path.basename(src))[0]
     with open(src) as f:
         text = f.read()
-    text = text.replace('#include "zdtmlib.h"', open(os.path.join(ZDTM_DIR, "zdtmlib.h")).read())
+    with open(os.path.join(ZDTM_DIR, "zdtmlib.h")) as f:
+        text = text.replace('#include "zdtmlib.h"', f.read())
     return build_c(text, name, extra)
+
+
+def build(name: str, extra: list[str] | None = None) -> str:
+    return build_path(os.path.join(ZDTM_DIR, name + ".c"), extra)
+
+
+def wait_file(path: str, timeout: float = 20.0) -> None:
+    """Wait until `path` exists (a test program's .ready file...)."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
 
 
 class ZdtmRun:

@@ -12,9 +12,8 @@ import shutil
 import time
 
 import pytest
-from cbuild import build_c
 
-from zdtm import ZDTM_DIR
+import zdtm
 
 pytestmark = pytest.mark.root
 
@@ -50,11 +49,7 @@ SYSCTLS = "kernel.msgmnb kernel.msgmax kernel.shmmni kernel.shmmax kernel.sem ke
 
 
 def _binary() -> str:
-    with open(os.path.join(HERE, "targets", "ipc_state.c")) as f:
-        text = f.read()
-    with open(os.path.join(ZDTM_DIR, "zdtmlib.h")) as f:
-        text = text.replace('#include "zdtmlib.h"', f.read())
-    return build_c(text, "ipc_state")
+    return zdtm.build_path(os.path.join(HERE, "targets", "ipc_state.c"))
 
 
 def _install(node, ctid: int) -> str:
@@ -155,13 +150,6 @@ def test_state_same_after_restore(node, cycles):
         node.vzctl("destroy", str(ctid))
 
 
-def _wait_for(path: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
-
-
 REFUSED = [
     # (name, command run in the container (backgrounded), words the refusal must name)
     ("cgroup2", "mkdir -p /mnt/cg && mount -t cgroup2 none /mnt/cg", ["/mnt/cg", "cgroup2"]),
@@ -187,7 +175,7 @@ def test_refused_at_dump(node, name, cmd, words):
     try:
         if cmd.startswith("/zdtm/"):
             node.ok("exec", str(ctid), f"cd /zdtm && {cmd} >ipc_state.out 2>&1 </dev/null &")
-            _wait_for(os.path.join(d, "ipc_state.ready"))
+            zdtm.wait_file(os.path.join(d, "ipc_state.ready"))
         elif name in ("cgroup2", "hidden_tmpfs"):
             _ex(node, ctid, cmd)
         else:

@@ -10,17 +10,11 @@ import time
 import pytest
 from vznode import debian_template
 
+import zdtm
+
 pytestmark = pytest.mark.root
 
 PROGRAMS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "programs")
-
-
-def wait_file(path, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} never appeared")
-        time.sleep(0.05)
 
 
 def template(name="debian-12-x86_64-minimal"):
@@ -36,7 +30,7 @@ def test_python_threads_and_heap(node):
     priv = os.path.join(node.vzdir, "private", "301")
     shutil.copy(os.path.join(PROGRAMS, "pyheap.py"), os.path.join(priv, "root", "pyheap.py"))
     node.ok("exec", "301", "cd /root && (nohup python3 pyheap.py /root 192 >/root/py.log 2>&1 &)")
-    wait_file(os.path.join(priv, "root", "pyheap.ready"))
+    zdtm.wait_file(os.path.join(priv, "root", "pyheap.ready"), 60)
     pid, digest = open(os.path.join(priv, "root", "pyheap.ready")).read().split()
     result = os.path.join(priv, "root", "pyheap.result")
 
@@ -44,7 +38,7 @@ def test_python_threads_and_heap(node):
         if os.path.exists(result):
             os.unlink(result)
         node.ok("exec", "301", f"kill -USR1 {pid}")
-        wait_file(result, 30)
+        zdtm.wait_file(result, 30)
         return open(result).read().split()
 
     before = report()
@@ -78,7 +72,7 @@ def test_shell_pipeline_with_data_in_flight(node):
         f.write(script)
     node.ok("exec", "302", "(sh /root/pipe.sh >/dev/null 2>&1 &)")
     count = os.path.join(priv, "root", "count")
-    wait_file(count)
+    zdtm.wait_file(count, 60)
     time.sleep(0.5)
     node.ok("chkpnt", "302")
     n0 = int(open(count).read())

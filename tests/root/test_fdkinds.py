@@ -11,9 +11,8 @@ import shutil
 import time
 
 import pytest
-from cbuild import build_c
 
-from zdtm import ZDTM_DIR
+import zdtm
 
 pytestmark = pytest.mark.root
 
@@ -31,18 +30,7 @@ CASES = [
 
 
 def _binary() -> str:
-    with open(os.path.join(HERE, "targets", "anon_refuse.c")) as f:
-        text = f.read()
-    with open(os.path.join(ZDTM_DIR, "zdtmlib.h")) as f:
-        text = text.replace('#include "zdtmlib.h"', f.read())
-    return build_c(text, "anon_refuse")
-
-
-def _wait_for(path: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
+    return zdtm.build_path(os.path.join(HERE, "targets", "anon_refuse.c"))
 
 
 def _output(d: str) -> str:
@@ -73,7 +61,7 @@ def test_refused_kinds(node):
                 str(CTID),
                 f"cd /zdtm && ./anon_refuse {kind} >anon_refuse.out 2>&1 </dev/null &",
             )
-            _wait_for(os.path.join(d, "anon_refuse.ready"))
+            zdtm.wait_file(os.path.join(d, "anon_refuse.ready"))
             if _output(d).startswith("SKIP"):
                 skipped.append(f"{kind}: {_output(d).strip()}")
                 continue

@@ -15,10 +15,9 @@ import threading
 import time
 
 import pytest
-from cbuild import build_c
 from vznode import debian_template
 
-from zdtm import ZDTM_DIR
+import zdtm
 
 pytestmark = pytest.mark.root
 
@@ -35,11 +34,7 @@ CASES = [
 
 
 def _binary() -> str:
-    with open(os.path.join(HERE, "targets", "unix_refuse.c")) as f:
-        text = f.read()
-    with open(os.path.join(ZDTM_DIR, "zdtmlib.h")) as f:
-        text = text.replace('#include "zdtmlib.h"', f.read())
-    return build_c(text, "unix_refuse")
+    return zdtm.build_path(os.path.join(HERE, "targets", "unix_refuse.c"))
 
 
 class HostDaemon:
@@ -109,13 +104,6 @@ def _output(d: str) -> str:
         return ""
 
 
-def _wait_for(path: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
-
-
 def test_refused_unix_states(node):
     binary = _binary()
     node.create(CTID)
@@ -135,7 +123,7 @@ def test_refused_unix_states(node):
                 str(CTID),
                 f"cd /zdtm && ./unix_refuse {kind} >unix_refuse.out 2>&1 </dev/null &",
             )
-            _wait_for(os.path.join(d, "unix_refuse.ready"))
+            zdtm.wait_file(os.path.join(d, "unix_refuse.ready"))
             pid = int(open(os.path.join(d, "unix_refuse.pid")).read())
             fd = int(_output(d).split()[1])
             r = node.vzctl("chkpnt", str(CTID), "--dumpfile", dump)
