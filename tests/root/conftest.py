@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 
 import pytest
@@ -49,3 +50,39 @@ def node_b(tiny, lan):
 @pytest.fixture
 def client(lan):
     return lan.client()
+
+
+@pytest.fixture
+def keys():
+    """An ssh key pair and known_hosts for migration tests (tests/lib/sshnode.py)."""
+    from sshnode import SshKeys
+
+    d = tempfile.mkdtemp(prefix="vzt-keys-", dir="/var/tmp")
+    try:
+        yield SshKeys(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def sa(node, keys):
+    """A real sshd on node A (the `node` fixture)."""
+    from sshnode import SshNode
+
+    s = SshNode(node, keys)
+    try:
+        yield s
+    finally:
+        s.cleanup()
+
+
+@pytest.fixture
+def sb(node_b, keys):
+    """A real sshd on node B."""
+    from sshnode import SshNode
+
+    s = SshNode(node_b, keys)
+    try:
+        yield s
+    finally:
+        s.cleanup()

@@ -17,13 +17,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 
 import pytest
 from cbuild import build_c
-from sshnode import SshKeys, SshNode
+from sshnode import SshNode
 
 import zdtm
 from vzpy.container.cgroup import CtCgroup
@@ -32,33 +31,6 @@ pytestmark = pytest.mark.root
 
 
 # --- fixtures ------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def keys():
-    d = tempfile.mkdtemp(prefix="vzt-keys-", dir="/var/tmp")
-    try:
-        yield SshKeys(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def sa(node, keys):
-    s = SshNode(node, keys)
-    try:
-        yield s
-    finally:
-        s.cleanup()
-
-
-@pytest.fixture
-def sb(node_b, keys):
-    s = SshNode(node_b, keys)
-    try:
-        yield s
-    finally:
-        s.cleanup()
 
 
 def migrate(

@@ -21,12 +21,11 @@ import shutil
 import signal
 import struct
 import subprocess
-import tempfile
 import time
 
 import pytest
 from cbuild import build_c
-from sshnode import SshKeys, SshNode
+from sshnode import SshNode
 
 import zdtm
 from vzpy.checkpoint import precopy
@@ -160,33 +159,6 @@ class Embedded(zdtm.ZdtmRun):
 
 
 # --- fixtures and probes -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def keys():
-    d = tempfile.mkdtemp(prefix="vzt-keys-", dir="/var/tmp")
-    try:
-        yield SshKeys(d)
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def sb(node_b, keys):
-    s = SshNode(node_b, keys)
-    try:
-        yield s
-    finally:
-        s.cleanup()
-
-
-@pytest.fixture
-def sa(node, keys):
-    s = SshNode(node, keys)
-    try:
-        yield s
-    finally:
-        s.cleanup()
 
 
 def migrate(src, dst: SshNode, ctid: int, *opts: str, timeout: float = 600):
