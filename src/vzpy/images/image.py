@@ -56,7 +56,7 @@ from vzpy.images.pages import (
 INVENTORY_NAME = "inventory.img"
 _INVENTORY_TMP = INVENTORY_NAME + ".tmp"
 # Set by commit(); callers may not pass them in inventory_fields.
-_OWN_INVENTORY_FIELDS = frozenset(
+OWN_INVENTORY_FIELDS = frozenset(
     {"format_major", "format_minor", "ctid", "files", "parent", "parent_inventory_crc32"}
 )
 
@@ -169,26 +169,10 @@ class ImageWriter:
         if self._open_pages:
             raise ValueError(f"page files still open: {', '.join(sorted(self._open_pages))}")
         extra = dict(inventory_fields or {})
-        clash = _OWN_INVENTORY_FIELDS & extra.keys()
+        clash = OWN_INVENTORY_FIELDS & extra.keys()
         if clash:
             raise ValueError(f"inventory fields set by commit(): {', '.join(sorted(clash))}")
-        uname = os.uname()
-        inv: dict[str, Any] = {
-            "format_major": envelope.FORMAT_MAJOR,
-            "format_minor": envelope.FORMAT_MINOR,
-            "ctid": self.ctid,
-            "vzpy_version": vzpy.__version__,
-            "kernel": uname.release,
-            "machine": uname.machine,
-            "hostname": socket.gethostname(),
-            "created": time.time(),
-            "kind": self.kind,
-            "page_size": PAGE_SIZE,
-            "files": self._files,
-        }
-        if self._parent_crc is not None:
-            inv["parent"] = PARENT_LINK
-            inv["parent_inventory_crc32"] = self._parent_crc
+        inv = base_inventory(self.ctid, self.kind, self._files, self._parent_crc)
         inv.update(extra)
         data = envelope.pack(schema.INVENTORY.id, schema.encode("inventory", inv))
         try:
@@ -266,6 +250,30 @@ class ImageWriter:
         del self._open_pages[pw.name]
         self._add(pw.name, schema.PAGES_TYPE, schema.PAGES_TYPE_ID, record["size"], record["crc32"])
         self.write("pagemap", record, name=pw.id)
+
+
+def base_inventory(
+    ctid: str, kind: str, files: list[dict[str, Any]], parent_crc: int | None
+) -> dict[str, Any]:
+    """The inventory fields every writer sets itself (local or streamed image)."""
+    uname = os.uname()
+    inv: dict[str, Any] = {
+        "format_major": envelope.FORMAT_MAJOR,
+        "format_minor": envelope.FORMAT_MINOR,
+        "ctid": ctid,
+        "vzpy_version": vzpy.__version__,
+        "kernel": uname.release,
+        "machine": uname.machine,
+        "hostname": socket.gethostname(),
+        "created": time.time(),
+        "kind": kind,
+        "page_size": PAGE_SIZE,
+        "files": files,
+    }
+    if parent_crc is not None:
+        inv["parent"] = PARENT_LINK
+        inv["parent_inventory_crc32"] = parent_crc
+    return inv
 
 
 def _fsync_path(path: str) -> None:

@@ -101,6 +101,17 @@ def pages_file_name(id: int | str) -> str:
     return f"pages-{check_id(id)}.img"
 
 
+def check_run(runs: list[Run], vaddr: int, nbytes: int) -> None:
+    """A new run must be page-aligned and come after the last one (address order)."""
+    if vaddr % PAGE_SIZE or nbytes <= 0 or nbytes % PAGE_SIZE:
+        raise ValueError(f"run ({vaddr:#x}, {nbytes}) is not page-aligned")
+    if runs and vaddr < runs[-1].end:
+        raise ValueError(
+            f"run at {vaddr:#x} comes before the end of the previous one "
+            f"({runs[-1].end:#x}); runs must be added in address order"
+        )
+
+
 def pack_runs(runs: list[Run]) -> bytes:
     return b"".join(RUN.pack(*r) for r in runs)
 
@@ -331,13 +342,7 @@ class PageWriter:
             raise ValueError(f"{self.path} is already closed")
 
     def _check_run(self, vaddr: int, nbytes: int) -> None:
-        if vaddr % PAGE_SIZE or nbytes <= 0 or nbytes % PAGE_SIZE:
-            raise ValueError(f"run ({vaddr:#x}, {nbytes}) is not page-aligned")
-        if self._runs and vaddr < self._runs[-1].end:
-            raise ValueError(
-                f"run at {vaddr:#x} comes before the end of the previous one "
-                f"({self._runs[-1].end:#x}); runs must be added in address order"
-            )
+        check_run(self._runs, vaddr, nbytes)
 
     def _remap(self, start: int, length: int) -> None:
         # Committed data always ends where the old window is left.

@@ -28,25 +28,22 @@ Usage::
 
 from __future__ import annotations
 
-import os
 import select
-import socket
 import time
 import zlib
 from collections.abc import Callable
 from typing import Any
 
-import vzpy
 from vzpy.errors import MigrateError
 from vzpy.images import envelope, schema
-from vzpy.images.image import INVENTORY_NAME, record_file_name
+from vzpy.images.image import INVENTORY_NAME, OWN_INVENTORY_FIELDS, base_inventory, record_file_name
 from vzpy.images.pages import (
     PAGE_SIZE,
-    PARENT_LINK,
     PE_PARENT,
     PE_PRESENT,
     Run,
     check_id,
+    check_run,
     pack_runs,
     pages_file_name,
 )
@@ -358,10 +355,7 @@ class StreamPageWriter:
             raise ValueError(f"{self.name} is already closed")
 
     def _check_run(self, vaddr: int, nbytes: int) -> None:
-        if vaddr % PAGE_SIZE or nbytes <= 0 or nbytes % PAGE_SIZE:
-            raise ValueError(f"run ({vaddr:#x}, {nbytes}) is not page-aligned")
-        if self._runs and vaddr < self._runs[-1].end:
-            raise ValueError(f"run at {vaddr:#x} comes before the end of the previous one")
+        check_run(self._runs, vaddr, nbytes)
 
 
 class StreamImageWriter:
@@ -431,32 +425,10 @@ class StreamImageWriter:
         self._check_open()
         if self._open_pages:
             raise ValueError(f"page files still open: {', '.join(sorted(self._open_pages))}")
-        uname = os.uname()
-        inv: dict[str, Any] = {
-            "format_major": envelope.FORMAT_MAJOR,
-            "format_minor": envelope.FORMAT_MINOR,
-            "ctid": self.ctid,
-            "vzpy_version": vzpy.__version__,
-            "kernel": uname.release,
-            "machine": uname.machine,
-            "hostname": socket.gethostname(),
-            "created": time.time(),
-            "kind": self.kind,
-            "page_size": PAGE_SIZE,
-            "files": self._files,
-        }
-        if self.parent is not None:
-            inv["parent"] = PARENT_LINK
-            inv["parent_inventory_crc32"] = self.parent.inventory_crc32
+        parent_crc = self.parent.inventory_crc32 if self.parent is not None else None
+        inv = base_inventory(self.ctid, self.kind, self._files, parent_crc)
         for k, v in (inventory_fields or {}).items():
-            if k not in (
-                "format_major",
-                "format_minor",
-                "ctid",
-                "files",
-                "parent",
-                "parent_inventory_crc32",
-            ):
+            if k not in OWN_INVENTORY_FIELDS:
                 inv[k] = v
         data = envelope.pack(schema.INVENTORY.id, schema.encode("inventory", inv))
         self._send_file(INVENTORY_NAME, data)
