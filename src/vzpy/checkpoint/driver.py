@@ -472,17 +472,10 @@ def chkpnt_command(
     dumpfile = dumpfile or cfg.default_dumpfile()
     cg = ct.cgroup
     if sub == "resume":
-        if not ct.is_running():
-            raise NotRunningError("Container is not running")
-        log.info("Resuming...")
-        _resume(ct)
+        resume_frozen(ct, after_dump=True)
         return
     if sub == "kill":
-        if not ct.is_running():
-            raise NotRunningError("Container is not running")
-        log.info("Killing...")
-        cg.kill_all()
-        ct.cleanup_runtime(keep_mount=True)
+        kill_frozen(ct)
         return
     if not ct.is_running():
         raise NotRunningError("Unable to setup checkpointing: container is not running")
@@ -536,17 +529,34 @@ def chkpnt_command(
     log.info("Checkpointing completed successfully")
 
 
-def _resume(ct: Container) -> None:
-    cg = ct.cgroup
+def resume_frozen(ct: Container, after_dump: bool) -> None:
+    """`chkpnt --resume` / `restore --resume`: lift the lock, thaw, take the IPs back.
+
+    after_dump: the container was dumped in place (`chkpnt --dump`), so state
+    the dump left behind (sockets in repair mode) is undone first.
+    """
+    if not ct.is_running():
+        raise NotRunningError("Container is not running")
+    log.info("Resuming...")
     pid = ct.init_pid()
     if pid is not None:
-        res_files.load_kinds()
-        for r in res_base.CT_RESOURCES:
-            r.resume_dumped(ct)  # e.g. sockets left in repair mode by --dump
+        if after_dump:
+            res_files.load_kinds()
+            for r in res_base.CT_RESOURCES:
+                r.resume_dumped(ct)  # e.g. sockets left in repair mode by --dump
         _unlock(pid)
-    cg.thaw()
-    net.announce(ct.ctid, ct.ips(), ct.cfg.get("NEIGHBOUR_DEVS"))
+    ct.cgroup.thaw()
     with_routes(ct)
+    net.announce(ct.ctid, ct.ips(), ct.cfg.get("NEIGHBOUR_DEVS"))
+
+
+def kill_frozen(ct: Container) -> None:
+    """`chkpnt --kill` / `restore --kill`: kill a frozen container, keep it mounted."""
+    if not ct.is_running():
+        raise NotRunningError("Container is not running")
+    log.info("Killing...")
+    ct.cgroup.kill_all()
+    ct.cleanup_runtime(keep_mount=True)
 
 
 def with_routes(ct: Container) -> None:

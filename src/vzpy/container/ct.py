@@ -452,7 +452,7 @@ class Container:
                 raise VzError(f"Unable to start container: {e}") from e
             raise
         if os.path.exists(dump):
-            _remove_path(dump)
+            remove_path(dump)
         if wait:
             log.info("Container start in progress, waiting ...")
             if not self._wait_started(timeout=self.cfg.get_int("START_TIMEOUT", 60)):
@@ -608,7 +608,8 @@ def _host_nameservers() -> list[str]:
     return out
 
 
-def _remove_path(path: str) -> None:
+def remove_path(path: str) -> None:
+    """Remove a file or a directory tree (a dump image is either)."""
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
     else:

@@ -24,15 +24,15 @@ is left running.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
 
 from .. import log
+from ..checkpoint.driver import kill_frozen, resume_frozen
 from ..container import net
-from ..container.ct import Container
-from ..errors import ImageError, NotRunningError, RestoreError, RunningError, VzError
+from ..container.ct import Container, remove_path
+from ..errors import ImageError, RestoreError, RunningError, VzError
 from ..images import ImageReader
 from ..initbin import open_in_root
 from ..resources import base as res_base
@@ -619,26 +619,12 @@ def restore_command(
 ) -> None:
     cfg = ct.cfg
     path = dumpfile or cfg.default_dumpfile()
-    cg = ct.cgroup
     if sub == "resume":
-        if not ct.is_running():
-            raise NotRunningError("Container is not running")
-        log.info("Resuming...")
-        pid = ct.init_pid()
-        from ..checkpoint.driver import _unlock, with_routes
-
-        _unlock(pid)
-        cg.thaw()
-        with_routes(ct)
-        net.announce(ct.ctid, ct.ips(), cfg.get("NEIGHBOUR_DEVS"))
+        resume_frozen(ct, after_dump=False)
         log.info("Restoring completed successfully")
         return
     if sub == "kill":
-        if not ct.is_running():
-            raise NotRunningError("Container is not running")
-        log.info("Killing...")
-        cg.kill_all()
-        ct.cleanup_runtime(keep_mount=True)
+        kill_frozen(ct)
         return
     if ct.is_running():
         raise RunningError("Unable to perform restore: container already running")
@@ -651,16 +637,6 @@ def restore_command(
             raise RestoreError(str(e)) from e
         raise
     if sub is None:
-        _remove(path)
+        remove_path(path)
     log.info(f"\trestore took {ms:.0f} ms", level=1)
     log.info("Restoring completed successfully")
-
-
-def _remove(path: str) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        try:
-            os.unlink(path)
-        except OSError:
-            pass
