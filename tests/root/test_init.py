@@ -203,11 +203,12 @@ def test_identity_and_rc_local(start_init):
 
 @root_only
 def test_reaps_adopted_zombie(start_init):
-    # `sleep 0` becomes a zombie under `sleep 8` (long enough to see it on a loaded machine), which never waits for it; when that
-    # exits, the zombie is reparented to init, which must reap it.
+    # `sleep 0.5` becomes a zombie under `sleep 8`, which never waits for it; when that
+    # exits, the zombie is reparented to init, which must reap it.  (The child must
+    # outlive the `exec`: ash reaps jobs that already ended before it execs.)
     rc = (
         "#!/bin/sh\n"
-        "sh -c 'sleep 0 & echo $! > /run/zombie.pid; exec sleep 8' &\n"
+        "sh -c 'sleep 0.5 & echo $! > /run/zombie.pid; exec sleep 8' &\n"
         "echo $! > /run/parent.pid\n"
         "sleep 1000 &\necho $! > /run/a.pid\n"
     )
