@@ -22,11 +22,16 @@ import os
 import socket
 import struct
 
-from pyroute2 import IPRoute
-
 from ..sys.libc import run_in_netns
 
 CT_IFNAME = "venet0"
+
+
+def IPRoute():  # noqa: N802 - stands in for pyroute2.IPRoute
+    """pyroute2 costs ~80 ms to import; only commands that touch the network pay it."""
+    from pyroute2 import IPRoute as _IPRoute
+
+    return _IPRoute()
 NTF_PROXY = 0x08
 IFF_NOARP = 0x80
 IFF_LOOPBACK = 0x8
@@ -63,7 +68,7 @@ def _sysctl(path: str, value: str) -> None:
         pass
 
 
-def lan_devices(ipr: IPRoute, configured: str | None = None) -> list[tuple[int, str]]:
+def lan_devices(ipr, configured: str | None = None) -> list[tuple[int, str]]:
     """Devices to announce container IPs on: NEIGHBOUR_DEVS, or every ARP-capable
     up device with an IPv4 address that is not a container's host veth."""
     wanted = None
@@ -115,7 +120,7 @@ def setup_host_side(ctid: int, netns_pid: int, ips: list[str], neighbour_devs: s
     announce(ctid, ips, neighbour_devs)
 
 
-def add_routes(ipr: IPRoute, idx: int, ips: list[str]) -> None:
+def add_routes(ipr, idx: int, ips: list[str]) -> None:
     for addr in ips:
         ip, plen = split_ip(addr)
         fam = socket.AF_INET6 if plen == 128 else socket.AF_INET
