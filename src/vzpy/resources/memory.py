@@ -46,6 +46,9 @@ MAP_NORESERVE = 0x4000
 MAP_LOCKED = 0x2000
 SEEK_DATA, SEEK_HOLE = 3, 4
 
+# Pages are copied into the page file this much at a time.
+DUMP_CHUNK = 32 << 20
+
 SPECIAL = ("[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]")
 
 # smaps VmFlags -> madvise advice applied after mmap.
@@ -196,17 +199,39 @@ def dump_mm(ctx, proc, inj) -> dict:
         os.close(pagemap_fd)
     nbytes = sum(e - s for s, e in private_runs)
     with ctx.img.pages(proc.nspid) as pw:
-        if nbytes:
-            view = pw.reserve(nbytes)
-            addr, holder = vm.buffer_address(view)
-            try:
-                vm.read_runs(pid, [(s, e - s) for s, e in private_runs], addr)
-            finally:
-                del holder
-                view.release()
-        runs = [(s, e, True) for s, e in private_runs] + [(s, e, False) for s, e in parent_runs]
-        for s, e, present in sorted(runs):  # one address order for both kinds
-            (pw.add_run if present else pw.add_parent_run)(s, e - s)
+        # One address order for pages we copy and pages the parent image holds;
+        # copied in chunks through the writer's reused buffer, so a large
+        # address space costs no fresh memory of ours and reading overlaps writing.
+        items = sorted([(s, e, True) for s, e in private_runs] + [(s, e, False) for s, e in parent_runs])
+        batch: list[tuple[int, int, bool]] = []
+        filled = 0
+
+        def flush() -> None:
+            if filled:
+                view = pw.reserve(filled)
+                addr, holder = vm.buffer_address(view)
+                try:
+                    vm.read_runs(pid, [(a, n) for a, n, present in batch if present], addr)
+                finally:
+                    del holder
+                    view.release()
+            for a, n, present in batch:
+                (pw.add_run if present else pw.add_parent_run)(a, n)
+            batch.clear()
+
+        for start, end, present in items:
+            if not present:
+                batch.append((start, end - start, False))
+                continue
+            while start < end:
+                n = min(end - start, DUMP_CHUNK - filled)
+                batch.append((start, n, True))
+                filled += n
+                start += n
+                if filled >= DUMP_CHUNK:
+                    flush()
+                    filled = 0
+        flush()
         pw.close()
     ctx.stats["pages_bytes"] += nbytes
     brk = inj.syscall(12, 0)  # brk(0) returns the current break
