@@ -475,6 +475,11 @@ def parse_packages(value: str | Iterable[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+# Run before any package is unpacked, with the new root as $1.  Man pages are not
+# installed (_SLIM_DPKG_OPTS), but some maintainer scripts make links there
+# (openjdk's update-alternatives for java.1.gz fails without /usr/share/man/man1).
+_SETUP_HOOKS = ("mkdir -p " + " ".join(f'"$1/usr/share/man/man{i}"' for i in range(1, 9)),)
+
 # Run inside mmdebstrap's customize step, with the new root as $1.
 _CUSTOMIZE_HOOKS = (
     'echo localhost > "$1/etc/hostname"',
@@ -504,6 +509,7 @@ def mmdebstrap_command(
         '--aptopt=Acquire::Languages "none"',
     ]
     cmd += [f"--dpkgopt={opt}" for opt in _SLIM_DPKG_OPTS]
+    cmd += [f"--setup-hook={hook}" for hook in _SETUP_HOOKS]
     cmd += [f"--customize-hook={hook}" for hook in _CUSTOMIZE_HOOKS]
     return [*cmd, suite, output, *source_lines]
 

@@ -46,10 +46,13 @@ def tiny_template() -> str:
 
 def debian_template() -> str | None:
     """The Debian template the setup command built for this machine, if any."""
-    for d in ("/vz/template/cache",):
-        for name in sorted(os.listdir(d)) if os.path.isdir(d) else []:
-            if name.startswith("debian-12") and name.endswith(".tar.gz"):
-                return os.path.join(d, name)
+    d = "/vz/template/cache"
+    names = sorted(os.listdir(d)) if os.path.isdir(d) else []
+    if "debian-12-x86_64-minimal.tar.gz" in names:  # setup.sh's default template
+        return os.path.join(d, "debian-12-x86_64-minimal.tar.gz")
+    for name in names:
+        if name.startswith("debian-12") and name.endswith(".tar.gz"):
+            return os.path.join(d, name)
     return None
 
 

@@ -6,6 +6,7 @@ import os
 import shutil
 import stat
 import struct
+import subprocess
 import time
 import zlib
 
@@ -202,3 +203,35 @@ def test_both_freezers(node, freezer):
     z.cycle(1)
     assert z.finish().strip().endswith("PASS")
     node.ok("stop", "166")
+
+
+def test_file_outside_the_container_is_refused(node, tmp_path):
+    """A daemon started by `vzctl exec` without redirecting its output keeps vzctl's stdout.
+
+    If that is a host file, restore could only reopen some other file under the same path
+    inside the container: the dump refuses, naming the task, fd and file, and the
+    container keeps running.
+    """
+    z = start_counter_ct(node, 164)
+    log = tmp_path / "exec.out"
+    with open(log, "w") as out:
+        r = subprocess.run(
+            [*node.prefix(), "vzctl", "exec", "164", "sleep 1000 &"],
+            stdout=out, stderr=subprocess.STDOUT, env=node.env, timeout=60,
+        )  # fmt: skip
+    assert r.returncode == 0, log.read_text()
+    before = sorted(node.ct_procs(164))
+    r = node.vzctl("chkpnt", "164")
+    assert r.returncode == 16, (r.stdout, r.stderr)
+    assert f"fd 1 is {log}, a file outside the container" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not os.path.exists(dumpfile(node, 164))
+    assert sorted(node.ct_procs(164)) == before
+    assert node.ok("status", "164").strip() == "CTID 164 exist mounted running"
+    # the same daemon with its output redirected inside the container is fine
+    node.ok("exec", "164", "kill $(pidof sleep); (sleep 1000 >/dev/null 2>&1 &)")
+    node.ok("chkpnt", "164")
+    node.ok("restore", "164")
+    assert "sleep 1000" in node.ok("exec", "164", "ps -o args")
+    assert z.finish().strip().endswith("PASS")
+    node.ok("stop", "164")

@@ -126,3 +126,46 @@ def test_redis_answers_with_same_data(node, client):
     assert redis_cmd(client, ip, "LLEN", "list") == b":1000\r\n"
     assert redis_cmd(client, ip, "INCR", "counter") == b":1\r\n"
     node.ok("stop", "303", "--fast")
+
+
+def test_jvm_threads_heap_and_gc(node):
+    """OpenJDK 17 (G1, ~20 JVM threads, a 96 MiB heap) through two chkpnt/restore cycles."""
+    node.create(304, template=template("debian-12-x86_64-java"))
+    node.ok("start", "304")
+    root = os.path.join(node.vzdir, "private", "304", "root")
+    shutil.copy(os.path.join(PROGRAMS, "JavaHeap.java"), os.path.join(root, "JavaHeap.java"))
+    node.ok("exec", "304", "(cd /root && exec java -Xmx256m JavaHeap.java /root) "
+            "</dev/null >/root/java.log 2>&1 &")  # fmt: skip
+    zdtm.wait_file(os.path.join(root, "java.ready"), 120)
+    pid = open(os.path.join(root, "java.ready")).read().strip()
+    result = os.path.join(root, "java.result")
+
+    def report():
+        deadline = time.monotonic() + 30
+        while True:
+            fields = open(result).read().split() if os.path.exists(result) else []
+            if len(fields) == 5 or time.monotonic() > deadline:
+                return fields
+            time.sleep(0.05)
+
+    def threads():
+        return node.ok("exec", "304", f"ps -o nlwp= -p {pid}").strip()
+
+    zdtm.wait_file(result, 60)
+    nlwp = threads()
+    before = report()
+    assert before[0] == "OK", (before, open(os.path.join(root, "java.log")).read())
+    for _ in range(2):
+        node.ok("chkpnt", "304")
+        time.sleep(1)
+        node.ok("restore", "304")
+        os.unlink(result)  # the next report is written after the restore
+        after = report()
+        assert after and after[0] == "OK", (after, open(os.path.join(root, "java.log")).read())
+        assert all(int(a) > int(b) for a, b in zip(after[1:], before[1:], strict=True)), (
+            before,
+            after,
+        )
+        before = after
+    assert threads() == nlwp  # the same JVM process, every thread back
+    node.ok("stop", "304", "--fast")

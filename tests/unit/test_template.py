@@ -318,6 +318,9 @@ def test_mmdebstrap_command():
     hooks = [c for c in cmd if c.startswith("--customize-hook=")]
     assert any("/etc/machine-id" in h for h in hooks)
     assert any("/etc/resolv.conf" in h for h in hooks)
+    # maintainer scripts that link man pages (openjdk) need the directories
+    setup = [c for c in cmd if c.startswith("--setup-hook=")]
+    assert any("/usr/share/man/man1" in h for h in setup)
 
 
 def test_run_logged_reports_the_first_error():

@@ -32,6 +32,8 @@ def IPRoute():  # noqa: N802 - stands in for pyroute2.IPRoute
     from pyroute2 import IPRoute as _IPRoute
 
     return _IPRoute()
+
+
 NTF_PROXY = 0x08
 IFF_NOARP = 0x80
 IFF_LOOPBACK = 0x8

@@ -287,6 +287,7 @@ class RegFileKind(FdKind):
             "ino": st.st_ino,
             "deleted": deleted,
         }
+        _check_inside(ctx, probe, path)
         if deleted:
             if not stat.S_ISREG(st.st_mode):
                 raise UnsupportedError(
@@ -323,6 +324,41 @@ class RegFileKind(FdKind):
 
 
 register_fd_kind(RegFileKind())
+
+MEM_MAJOR = 1  # /dev/null, zero, full, random, urandom: the same device in any /dev
+
+
+def container_mount_ids(ctx) -> frozenset[int] | None:
+    """The mount ids of the container's mount table (None outside a container dump)."""
+    ids = ctx.extra.get("files.mnt_ids") if hasattr(ctx, "extra") else None
+    if ids is None:
+        init = getattr(ctx, "init_pid", 0)
+        if not init:
+            return None
+        with open(f"/proc/{init}/mountinfo", "rb") as f:
+            ids = frozenset(m.mnt_id for m in procfs.parse_mountinfo(f.read()))
+        ctx.extra["files.mnt_ids"] = ids
+    return ids
+
+
+def _check_inside(ctx, probe: FdProbe, path: str) -> None:
+    """Refuse a file the task reaches through a mount that is not the container's.
+
+    Restore reopens a path inside the container's root, which would be another
+    file (or none).  Such fds are typically vzctl exec's stdin/stdout/stderr,
+    which a command started in the background keeps.
+    """
+    ids = container_mount_ids(ctx)
+    st = probe.st
+    if ids is None or probe.info.mnt_id in ids:
+        return
+    if st is not None and stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == MEM_MAJOR:
+        return
+    raise UnsupportedError(
+        f"Can't dump task {probe.nspid}: fd {probe.fd} is {path}, a file outside the "
+        "container (a host mount); a command started with vzctl exec keeps vzctl's "
+        "stdin/stdout/stderr unless it redirects them"
+    )
 
 
 class DeletedFiles:

@@ -202,7 +202,9 @@ def dump_mm(ctx, proc, inj) -> dict:
         # One address order for pages we copy and pages the parent image holds;
         # copied in chunks through the writer's reused buffer, so a large
         # address space costs no fresh memory of ours and reading overlaps writing.
-        items = sorted([(s, e, True) for s, e in private_runs] + [(s, e, False) for s, e in parent_runs])
+        items = sorted(
+            [(s, e, True) for s, e in private_runs] + [(s, e, False) for s, e in parent_runs]
+        )
         if hasattr(pw, "preallocate"):
             pw.preallocate(nbytes)
         batch: list[tuple[int, int, bool]] = []
