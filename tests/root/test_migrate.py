@@ -20,9 +20,11 @@ import subprocess
 import threading
 import time
 
+import netload
 import pytest
 from cbuild import build_c
 from sshnode import SshNode
+from vznode import debian_template
 
 import zdtm
 from vzpy.container.cgroup import CtCgroup
@@ -824,3 +826,115 @@ def test_online_tcp_connection_survives(node, node_b, sa, sb, client):
     assert not errors, errors
     assert status(node_b, 801) == "CTID 801 exist mounted running"
     assert_source_gone(node, 801, ip)
+
+
+# --- real servers under load -----------------------------------------------------------------------
+
+
+class RedisCounter:
+    """One RESP connection sending `INCR seq` back to back (a request every ~2 ms): every
+    reply must be the previous one plus one, so a request lost or run twice shows."""
+
+    def __init__(self, ip: str) -> None:
+        self.ip = ip
+        self.stop = threading.Event()
+        self.last = 0
+        self.worst = 0.0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        try:
+            with socket.create_connection((self.ip, 6379), timeout=30) as s:
+                s.settimeout(30)
+                f = s.makefile("rb")
+                while not self.stop.is_set():
+                    t = time.monotonic()
+                    s.sendall(b"*2\r\n$4\r\nINCR\r\n$3\r\nseq\r\n")
+                    line = f.readline()
+                    self.worst = max(self.worst, time.monotonic() - t)
+                    if not line.startswith(b":") or int(line[1:]) != self.last + 1:
+                        raise AssertionError(f"INCR after {self.last} answered {line!r}")
+                    self.last += 1
+                    time.sleep(0.002)
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            self.errors.append(f"{type(e).__name__}: {e}")
+
+
+def redis_call(client, ip: str, *args: str) -> bytes:
+    def body():
+        with socket.create_connection((ip, 6379), timeout=10) as s:
+            req = f"*{len(args)}\r\n" + "".join(f"${len(a)}\r\n{a}\r\n" for a in args)
+            s.sendall(req.encode())
+            return s.recv(1 << 16)
+
+    return client.in_ns(body)
+
+
+def test_online_python_and_redis_under_load_there_and_back(node, node_b, sa, sb, client):
+    """A Debian container serving a Python echo server and redis moves A -> B -> A while
+    clients on the LAN stream to both: no reset, every echoed byte back once and in
+    order, every INCR answered exactly once, the same server processes on arrival."""
+    deb = debian_template()
+    redis = "debian-12-x86_64-redis"
+    if deb is None or not os.path.exists(os.path.join(os.path.dirname(deb), redis + ".tar.gz")):
+        pytest.skip(f"template {redis} not built (the setup command builds it)")
+    ip = node.create(820, template=redis)
+    node.ok("start", "820")
+    root = os.path.join(private(node, 820), "root")
+    with open(os.path.join(root, "srv.py"), "w") as f:
+        f.write(netload.SERVER)
+    node.ok("exec", "820", f"cd /root && (python3 srv.py {netload.PORT} >/root/srv.log 2>&1 &)")
+    node.ok(
+        "exec", "820",
+        "redis-server --bind 0.0.0.0 --protected-mode no --save '' --appendonly no --daemonize yes",
+    )  # fmt: skip
+    assert wait_for(lambda: os.path.exists(os.path.join(root, "srv.ready")), timeout=30)
+
+    def redis_up() -> bool:
+        try:
+            return redis_call(client, ip, "PING").startswith(b"+PONG")
+        except OSError:
+            return False
+
+    assert wait_for(redis_up, timeout=30, step=0.2)
+    for i in range(100):
+        assert redis_call(client, ip, "SET", f"key{i}", f"value-{i}" * 10) == b"+OK\r\n"
+    pids = node.ok("exec", "820", "pidof redis-server; pgrep -f srv.py").split()
+
+    ec = netload.EchoClient(ip)
+    rc = RedisCounter(ip)
+    threads = [netload.NsThread(f"/run/netns/{client.ns}", fn) for fn in (ec.run, rc.run)]
+    for t in threads:
+        t.start()
+    try:
+        assert wait_for(lambda: all(ec.got) and rc.last > 20, timeout=20), (ec.errors, rc.errors)
+        for src, dst, dst_ssh, there in ((node, node_b, sb, "B"), (node_b, node, sa, "A")):
+            r = migrate(src, dst_ssh, 820, "--online", "-t")
+            assert r.returncode == 0, r.stdout + r.stderr
+            assert status(dst, 820) == "CTID 820 exist mounted running"
+            assert_source_gone(src, 820, ip)
+            # traffic flows on the new node, on the same connections
+            got, last = list(ec.got), rc.last
+            assert wait_for(
+                lambda got=got, last=last: (
+                    (all(g > a for g, a in zip(ec.got, got, strict=True)) and rc.last > last + 50)
+                    or ec.errors
+                    or rc.errors
+                ),
+                timeout=30,
+            ), f"no traffic on {there}"
+            assert not ec.errors and not rc.errors, (ec.errors, rc.errors)
+            assert dst.ok("exec", "820", "pidof redis-server; pgrep -f srv.py").split() == pids
+    finally:
+        ec.stop.set()
+        rc.stop.set()
+        for t in threads:
+            t.join(60)
+    assert not any(t.is_alive() for t in threads), "a client is stuck"
+    assert all(t.error is None for t in threads), [t.error for t in threads]
+    assert not ec.errors and not rc.errors, (ec.errors, rc.errors)
+    assert ec.got == ec.sent  # every echoed byte came back, once
+    assert redis_call(client, ip, "GET", "seq") == f"${len(str(rc.last))}\r\n{rc.last}\r\n".encode()
+    assert redis_call(client, ip, "GET", "key42") == b"$80\r\n" + b"value-42" * 10 + b"\r\n"
+    print(f"\nworst echo wait {ec.worst:.3f} s, worst INCR {rc.worst:.3f} s, {rc.last} INCRs")
+    node.ok("stop", "820", "--fast")
