@@ -169,3 +169,86 @@ def test_jvm_threads_heap_and_gc(node):
         before = after
     assert threads() == nlwp  # the same JVM process, every thread back
     node.ok("stop", "304", "--fast")
+
+
+def wait_for_text(path: str, text: str, timeout: float = 30) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        data = open(path).read() if os.path.exists(path) else ""
+        if text in data or time.monotonic() > deadline:
+            return data
+        time.sleep(0.05)
+
+
+def test_postgresql_session_survives(node):
+    """PostgreSQL 15 (postmaster, its workers, shared memory, a unix socket under the
+    /var/run -> /run symlink) and a psql session connected to it, through two cycles:
+    the same backend answers on the same connection, and new connections work."""
+    node.create(305, template=template("debian-12-x86_64-pgsql"))
+    node.ok("start", "305")
+    root = os.path.join(node.vzdir, "private", "305", "root")
+    node.ok("exec", "305", "(pg_ctlcluster $(pg_lsclusters -h | cut -d' ' -f1,2) start) "
+            "</dev/null >/root/pg.log 2>&1")  # fmt: skip
+
+    def psql(sql: str) -> str:
+        return node.ok("exec", "305", f"su postgres -c \"psql -Atc '{sql}'\"").strip()
+
+    deadline = time.monotonic() + 60
+    while node.vzctl("exec", "305", "su postgres -c 'psql -Atc \"select 1\"'").returncode:
+        assert time.monotonic() < deadline, open(os.path.join(root, "pg.log")).read()
+        time.sleep(0.3)
+    psql("create table t(a int); insert into t select generate_series(1, 1000)")
+    # a long-lived session: psql reading the statements appended to /root/q.sql
+    sql, out = os.path.join(root, "q.sql"), os.path.join(root, "psql.out")
+    open(sql, "w").close()
+    node.ok("exec", "305", "(tail -f /root/q.sql </dev/null 2>/dev/null | "
+            "su postgres -c 'psql -At' >/root/psql.out 2>&1 &)")  # fmt: skip
+
+    def ask(query: str, tag: str) -> list[str]:
+        with open(sql, "a") as f:
+            f.write(f"select '{tag}', {query};\n")
+        data = wait_for_text(out, tag + "|")
+        line = next((x for x in data.splitlines() if x.startswith(tag + "|")), None)
+        assert line is not None, data
+        return line.split("|")[1:]
+
+    count, backend = ask("count(*), pg_backend_pid() from t", "before")
+    assert count == "1000"
+    procs = sorted(node.ok("exec", "305", "pgrep postgres").split())
+    for _ in range(2):
+        node.ok("chkpnt", "305")
+        time.sleep(1)
+        node.ok("restore", "305")
+    with open(sql, "a") as f:
+        f.write("insert into t values (5000);\n")
+    assert ask("count(*), pg_backend_pid() from t", "after") == ["1001", backend]
+    assert psql("select sum(a) from t") == str(sum(range(1, 1001)) + 5000)
+    assert sorted(node.ok("exec", "305", "pgrep postgres").split()) == procs
+    node.ok("stop", "305", "--fast")
+
+
+def test_x_server_and_client(node):
+    """Xvfb and a client connected to it (xev, over the X unix socket): after restore
+    the server answers new clients and the old client still gets its events."""
+    node.create(306, template=template("debian-12-x86_64-x11"))
+    node.ok("start", "306")
+    root = os.path.join(node.vzdir, "private", "306", "root")
+    node.ok("exec", "306", "(Xvfb :1 -screen 0 800x600x24 -nolisten tcp "
+            "</dev/null >/root/xvfb.log 2>&1 &)")  # fmt: skip
+    deadline = time.monotonic() + 30
+    while node.vzctl("exec", "306", "DISPLAY=:1 xdpyinfo >/dev/null 2>&1").returncode:
+        assert time.monotonic() < deadline, open(os.path.join(root, "xvfb.log")).read()
+        time.sleep(0.2)
+    node.ok("exec", "306", "(DISPLAY=:1 xev -root </dev/null >/root/xev.log 2>&1 &)")
+    xev = os.path.join(root, "xev.log")
+    node.ok("exec", "306", "DISPLAY=:1 xprop -root -f VZPY_BEFORE 8s -set VZPY_BEFORE 1")
+    assert "VZPY_BEFORE" in wait_for_text(xev, "VZPY_BEFORE")
+    pids = node.ok("exec", "306", "pidof Xvfb xev").split()
+    node.ok("chkpnt", "306")
+    node.ok("restore", "306")
+    node.ok("exec", "306", "DISPLAY=:1 xprop -root -f VZPY_AFTER 8s -set VZPY_AFTER restored")
+    assert "VZPY_AFTER" in wait_for_text(xev, "VZPY_AFTER"), "xev got no event after restore"
+    got = node.ok("exec", "306", "DISPLAY=:1 xprop -root VZPY_AFTER VZPY_BEFORE")
+    assert 'VZPY_AFTER(STRING) = "restored"' in got and 'VZPY_BEFORE(STRING) = "1"' in got
+    assert node.ok("exec", "306", "pidof Xvfb xev").split() == pids
+    node.ok("stop", "306", "--fast")

@@ -1531,11 +1531,45 @@ class UnixDump:
     def in_root(self, path: bytes) -> str:
         return self.root + os.fsdecode(path)
 
-    def bound_at(self, path_in_root: str) -> os.stat_result | None:
+    def _open_dir_in_root(self, path_in_root: str) -> int | None:
+        """An O_PATH fd of the directory of a path under self.root, None if there is none.
+
+        Resolved with openat2(RESOLVE_IN_ROOT): through /proc/PID/root an absolute
+        symlink (Debian's /var/run -> /run) would lead into the node's own tree.
+        """
+        from ..initbin import open_in_root
+
+        rel = path_in_root[len(self.root) :]
+        rootfd = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            return os.lstat(path_in_root)
+            return open_in_root(rootfd, os.path.dirname(rel) or "/", os.O_PATH | os.O_DIRECTORY)
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                return None
+            raise
+        finally:
+            os.close(rootfd)
+
+    def bound_at(self, path: str) -> os.stat_result | None:
+        """lstat of a path under self.root (resolved inside it) or of any other path."""
+        try:
+            if not path.startswith(self.root + "/"):
+                return os.lstat(path)
+            d = self._open_dir_in_root(path)
+            if d is None:
+                return None
+            try:
+                return os.stat(os.path.basename(path), dir_fd=d, follow_symlinks=False)
+            finally:
+                os.close(d)
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def dir_exists(self, path_in_root: str) -> bool:
+        d = self._open_dir_in_root(path_in_root)
+        if d is not None:
+            os.close(d)
+        return d is not None
 
     def resolve_bind(self, sk: Sock, plan: Plan) -> dict:
         name = sk.name
@@ -1574,7 +1608,7 @@ class UnixDump:
                 f"its socket file {show_name(name)} was removed and another file now has that "
                 "path, so vzpy cannot bind the socket there again",
             )
-        if not os.path.isdir(os.path.dirname(path)):
+        if not self.dir_exists(path):
             raise Refused(
                 sk.ino, f"the directory of its removed socket file {show_name(name)} is gone too"
             )
@@ -1605,7 +1639,7 @@ class UnixDump:
         path = self.in_root(name)
         st = self.bound_at(path)
         if st is None:
-            if not os.path.isdir(os.path.dirname(path)):
+            if not self.dir_exists(path):
                 raise Refused(
                     owner.ino,
                     f"the directory of {show_name(name)} (a closed socket's name) is gone",
