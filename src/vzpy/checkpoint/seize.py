@@ -59,6 +59,7 @@ class Seizer:
             if not found:
                 break
             for tid in found:
+                _refuse_io_worker(tid)
                 try:
                     ptrace.seize(tid, self.options)
                     ptrace.interrupt(tid)
@@ -139,6 +140,38 @@ class Seizer:
         """The held-back signals, for a dump that records them as pending instead."""
         held, self.held = self.held, []
         return held
+
+
+PF_IO_WORKER = 0x10  # include/linux/sched.h
+
+
+def _refuse_io_worker(tid: int) -> None:
+    """Refuse a process with io_uring worker threads before trying to stop them.
+
+    io-wq and SQPOLL workers are kernel threads in the user process's thread
+    group: they never reach a ptrace stop (an injected call would wait on
+    them forever) and come and go as they please.  io_uring itself cannot be
+    checkpointed, so the dump would be refused anyway; say so at once.
+    """
+    try:
+        with open(f"/proc/{tid}/stat") as f:
+            flags = int(f.read().rsplit(")", 1)[1].split()[6])
+    except (OSError, IndexError, ValueError):
+        return
+    if not flags & PF_IO_WORKER:
+        return
+    tgid = _tgid(tid)
+    try:
+        with open(f"/proc/{tgid}/comm") as f:
+            comm = f.read().strip()
+        with open(f"/proc/{tgid}/status") as f:
+            nspid = next(ln.split()[-1] for ln in f if ln.startswith("NSpid:"))
+    except (OSError, StopIteration):
+        comm, nspid = "?", str(tgid)
+    raise CheckpointError(
+        f"Can't dump task {nspid} ({comm}): it uses io_uring (kernel worker thread {tid}), "
+        "which vzpy cannot checkpoint"
+    )
 
 
 def _tgid(tid: int) -> int:

@@ -30,8 +30,8 @@ def run_mapped(fn: Callable[[], int | None], prefix: str = "") -> int:
     except click.ClickException as e:
         print(f"{prefix}{e.format_message()}", file=sys.stderr, flush=True)
         return 20
-    except KeyboardInterrupt:
-        print("Cancelling...", file=sys.stderr, flush=True)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        print("Cancelled", file=sys.stderr, flush=True)
         return VZ_SYSTEM_ERROR
     except PermissionError as e:
         print(f"{prefix}Permission denied: {e.filename or e}", file=sys.stderr, flush=True)

@@ -6,6 +6,7 @@ Global flags come before the command; usage errors exit 20, bad values 21.
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import click
@@ -391,6 +392,8 @@ def _main(argv: list[str]) -> int:
         )
         if cmd in NEEDS_CONFIG and not cfg.exists:
             raise VzError("Container config file does not exist", exit_code=VZ_NO_CONFFILE)
+        if cmd in CANCELLABLE:
+            _cancel_on_signals()
         try:
             rv = command.main(args=argv, prog_name=f"vzctl {cmd}", obj=c, standalone_mode=False)
         except click.UsageError as e:
@@ -398,6 +401,22 @@ def _main(argv: list[str]) -> int:
         return int(rv or 0) if isinstance(rv, int) else 0
 
     return run_mapped(body)
+
+
+# A checkpoint or restore killed outright would leave the container frozen or
+# half-built and the image half-written: SIGTERM/SIGHUP (cron's timeout, a closed
+# terminal) cancel it as Ctrl-C does, through the same clean-up.
+CANCELLABLE = frozenset({"chkpnt", "suspend", "restore", "resume"})
+
+
+def _cancel_on_signals() -> None:
+    def cancel(signum: int, _frame) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)  # one cancel; the clean-up runs undisturbed
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, cancel)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -23,6 +23,7 @@ import importlib
 import os
 import pkgutil
 import stat
+import struct
 from dataclasses import dataclass, field
 
 from .. import procfs
@@ -235,18 +236,91 @@ class FileTable:
                 detail = kind.dump(ctx, probe)
                 fid = self.next_id
                 self.next_id += 1
-                self.entries.append(
-                    {
-                        "id": fid,
-                        "flags": info.flags & ~O_CLOEXEC,
-                        "pos": info.pos,
-                        "detail": detail,
-                    }
-                )
+                entry = {
+                    "id": fid,
+                    "flags": info.flags & ~O_CLOEXEC,
+                    "pos": info.pos,
+                    "detail": detail,
+                }
+                fown = dump_owner(ctx, probe)
+                if fown is not None:
+                    entry["fown"] = fown
+                self.entries.append(entry)
                 if st is not None and copy >= 0:
                     self._remember(probe, fid)
             fds.append({"fd": fd, "file_id": fid, "cloexec": bool(info.flags & O_CLOEXEC)})
         return {"files_id": proc.nspid, "fds": fds}
+
+
+# --- signal-driven I/O: O_ASYNC and the F_SETOWN owner (per open file, like the flags) ----
+
+O_ASYNC = 0o20000
+F_SETSIG, F_GETSIG = 10, 11
+F_SETOWN_EX, F_GETOWN_EX = 15, 16
+F_OWNER_TID, F_OWNER_PID, F_OWNER_PGRP = 0, 1, 2
+_OWNER_WORDS = {F_OWNER_TID: "thread", F_OWNER_PID: "process", F_OWNER_PGRP: "process group"}
+
+
+def dump_owner(ctx, probe: FdProbe) -> dict | None:
+    """The file's F_SETOWN_EX owner and F_SETSIG signal, read on our copy of it.
+
+    The owner is a pid of our (the node's) namespace; the image holds the
+    container's number for it.  A process group's id is its leader's pid.
+    """
+    if probe.copy < 0:
+        return None
+    try:
+        typ, pid = struct.unpack("ii", fcntl.fcntl(probe.copy, F_GETOWN_EX, bytes(8)))
+        sig = fcntl.fcntl(probe.copy, F_GETSIG)
+    except OSError:
+        return None
+    if pid == 0 and sig == 0:
+        return None
+    ns = 0
+    if pid and typ == F_OWNER_PGRP:
+        # the group's leader may be gone: any member tells its number inside
+        ns = next((p.pgid for p in getattr(ctx, "procs", ()) if p.stat.pgrp == pid), 0)
+    elif pid and hasattr(ctx, "ns_tid"):
+        ns = ctx.ns_tid(pid)
+    if pid and not ns:
+        raise UnsupportedError(
+            f"Can't dump task {probe.nspid}: fd {probe.fd} ({probe.link}) sends its I/O "
+            f"signals to {_OWNER_WORDS.get(typ, 'owner')} {pid} of the node, outside the container"
+        )
+    if sig and probe.flags & O_ASYNC:
+        # The kernel puts the fd number of the F_SETFL(O_ASYNC) call into si_fd;
+        # restore sets O_ASYNC on its own copy of the file.
+        raise UnsupportedError(
+            f"Can't dump task {probe.nspid}: fd {probe.fd} ({probe.link}) has O_ASYNC with a "
+            f"queued signal (F_SETSIG {sig}), which vzpy cannot restore yet"
+        )
+    return {"pid_type": typ, "pid": ns, "signum": sig}
+
+
+def restore_owner(rctx, entry: dict, ours: int) -> None:
+    """Give our copy of a restored file its owner, signal and O_ASYNC (before resume)."""
+    fown = entry.get("fown") or {}
+    if fown.get("pid"):
+        typ, ns = fown.get("pid_type", F_OWNER_PID), fown["pid"]
+        host = 0
+        for t in rctx.tasks:
+            if typ == F_OWNER_TID and ns in t.host_tids:
+                host = t.host_tids[ns]
+            elif typ == F_OWNER_PID and t.pid == ns:
+                host = t.host_pid
+            elif typ == F_OWNER_PGRP and t.pgid == ns and not t.zombie:
+                host = os.getpgid(t.host_pid)
+        if not host:
+            raise RestoreError(
+                f"File {entry['id']}: its I/O signal owner {ns} is not in the image"
+            )
+        fcntl.fcntl(ours, F_SETOWN_EX, struct.pack("ii", typ, host))
+    if fown.get("signum"):
+        fcntl.fcntl(ours, F_SETSIG, fown["signum"])
+    if entry.get("flags", 0) & O_ASYNC:
+        # Only a change of the flag through F_SETFL arms it (the kinds restored
+        # the file without it: restore/driver.py).
+        fcntl.fcntl(ours, fcntl.F_SETFL, fcntl.fcntl(ours, fcntl.F_GETFL) | O_ASYNC)
 
 
 def fmode_ok(flags: int) -> int:
@@ -301,6 +375,8 @@ class RegFileKind(FdKind):
     def restore(self, rctx, entry: dict) -> int:
         d = entry["detail"]
         flags = entry["flags"] & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | O_CLOEXEC)
+        if stat.S_ISREG(d.get("mode") or 0):
+            flags &= ~O_TMPFILE  # made with O_TMPFILE (then linked or not): reopen the file
         path = d["path"]
         if d.get("deleted"):
             return rctx.deleted_files.reopen(rctx, entry)
@@ -324,6 +400,10 @@ class RegFileKind(FdKind):
 
 
 register_fd_kind(RegFileKind())
+
+# O_TMPFILE is __O_TMPFILE | O_DIRECTORY, and a file made with it keeps both bits in
+# its status flags; reopening it must drop them (O_DIRECTORY would fail).
+O_TMPFILE = 0o20000000 | os.O_DIRECTORY
 
 MEM_MAJOR = 1  # /dev/null, zero, full, random, urandom: the same device in any /dev
 
@@ -403,7 +483,7 @@ class DeletedFiles:
     def reopen(self, rctx, entry: dict) -> int:
         d = entry["detail"]
         inode = self.inode_fd(rctx, d["ghost_id"], d["path"])
-        flags = entry["flags"] & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC)
+        flags = entry["flags"] & ~(os.O_CREAT | os.O_EXCL | os.O_TRUNC | O_TMPFILE)
         # A description of its own (offset, flags) on the shared inode.
         fd = os.open(f"/proc/self/fd/{inode}", (flags & ~O_CLOEXEC) | O_CLOEXEC)
         os.lseek(fd, entry.get("pos", 0), os.SEEK_SET)

@@ -328,10 +328,6 @@ def _ct_netns_ino(ctx) -> int:
 def dump_inet(ctx, probe: FdProbe) -> dict:
     fam, typ, proto = sock_ids(probe.copy)
     what = _name(fam, typ, proto)
-    if probe.flags & O_ASYNC:
-        raise refuse(
-            probe, what, "it has O_ASYNC set (signal-driven I/O), which vzpy cannot restore yet"
-        )
     if sock_netns_ino(probe.copy) != _ct_netns_ino(ctx):
         raise refuse(probe, what, "it belongs to another network namespace than the container's")
     if _has_bpf_filter(probe.copy):

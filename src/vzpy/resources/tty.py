@@ -28,7 +28,7 @@ What is refused at dump (UnsupportedError naming the task, the fd and what it is
     lines, BSD ptys; a slave whose master is held outside the container (a
     running ``vzctl enter``); a task whose controlling terminal is one of
     those; a ``/dev/tty`` whose holder's controlling terminal is not the one
-    it reaches (the index alone does not name a devpts instance); O_ASYNC;
+    it reaches (the index alone does not name a devpts instance);
     a pending packet-mode status byte; more than 4095 bytes queued in one
     direction (the line discipline's buffer, see "Queued data"); a
     foreground process group that no longer has any member.
@@ -501,8 +501,6 @@ def dump_tty_file(ctx, probe: FdProbe) -> dict:
             raise _refuse(probe, "an O_PATH terminal node", "its path cannot be reopened")
         return dict(rec, role="path")
     what = f"a terminal ({major}:{minor})"
-    if probe.flags & O_ASYNC:
-        raise _refuse(probe, what, "it has O_ASYNC set, which vzpy cannot restore yet")
     if probe.copy < 0:
         raise _refuse(probe, what, "it could not be copied with pidfd_getfd")
     state = _dump_state(ctx)

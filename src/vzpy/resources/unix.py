@@ -33,7 +33,7 @@ pure).  Refused, naming the task and fd: a peer outside the container (a host
 daemon, or a listener outside that has not accepted the connection yet), a
 socket of another network namespace, a connection waiting in an accept queue
 whose client already sent data (only accept() could read it), a pending error
-on a datagram or seqpacket socket, out-of-band data, socket filters, O_ASYNC,
+on a datagram or seqpacket socket, out-of-band data, socket filters,
 datagrams queued in an order no sequence of sends can give again.
 
 Restore (``UnixResource.restore_tree``: the tree is built, no task restored
@@ -1403,11 +1403,6 @@ class UnixDump:
         sk.type = d.type
         if sk.type not in TYPE_NAMES:
             raise self.refused(sk, f"unix sockets of type {sk.type} are not supported")
-        if sk.flags & O_ASYNC:
-            raise self.refused(
-                sk,
-                "it has O_ASYNC set (signal-driven I/O with an F_SETOWN owner), which vzpy cannot restore yet",
-            )
         if has_filter(sk.fd):
             raise self.refused(sk, "a socket filter (SO_ATTACH_FILTER/BPF) is attached to it")
         sk.st = os.fstat(sk.fd)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import traceback
 from dataclasses import dataclass, field
 
 from .. import log
@@ -234,6 +235,8 @@ def restore_container(
     except VzError:
         raise
     except (OSError, ptrace.TaskGone, KeyError, ValueError) as e:
+        if os.environ.get("VZPY_DEBUG"):
+            traceback.print_exc()
         raise RestoreError(f"Restore error, undump failed: {e}") from e
     finally:
         rctx.close()
@@ -338,6 +341,11 @@ def _undump(rctx: RestoreCtx, skip_arpdetect: bool) -> None:
     for entry in _files_by_id(rctx).values():
         if entry["id"] in rctx.file_fds:
             res_files.kind_for_detail(entry["detail"]).after_tasks(rctx, entry)
+    # Signal-driven I/O, now that the owners exist.
+    for entry in _files_by_id(rctx).values():
+        ours = rctx.file_fds.get(entry["id"])
+        if ours is not None and (entry.get("fown") or entry["flags"] & res_files.O_ASYNC):
+            res_files.restore_owner(rctx, entry, ours)
     for r in res_base.CT_RESOURCES:
         r.restore_late(rctx)
     for t in rctx.tasks:
@@ -523,7 +531,9 @@ def _restore_fds(rctx: RestoreCtx, t: RTask, inj, fdinfo: dict, files: dict[int,
             if entry is None:
                 raise ImageError(f"fd {e['fd']} of task {t.pid} refers to missing file {fid}")
             kind = res_files.kind_for_detail(entry["detail"])
-            ours = kind.restore(rctx, entry)
+            # O_ASYNC comes last (files.restore_owner): open(2) would take the flag
+            # without arming it, and F_SETFL could then neither clear nor arm it.
+            ours = kind.restore(rctx, dict(entry, flags=entry["flags"] & ~res_files.O_ASYNC))
             rctx.file_fds[fid] = ours
         fd_map[e["fd"]] = (ours, bool(e.get("cloexec")))
     rctx.channel.place(fd_map)
