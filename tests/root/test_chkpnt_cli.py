@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import stat
 import struct
 import subprocess
@@ -12,6 +13,7 @@ import zlib
 
 import pytest
 from cbuild import build_c
+from cprogs import HOG_C
 
 import zdtm
 
@@ -30,6 +32,46 @@ int main(void) {
     fprintf(f, "%d\n", fd);
     fclose(f);
     for (;;) pause();
+}
+"""
+
+
+IO_URING_WORKER = r"""
+/* Sets up an io_uring and parks a read of an empty pipe in an io-wq worker thread
+ * (IOSQE_ASYNC), then waits: the process then has a kernel worker thread. */
+#include <linux/io_uring.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void)
+{
+	struct io_uring_params p;
+	memset(&p, 0, sizeof p);
+	int fd = syscall(__NR_io_uring_setup, 4, &p);
+	if (fd < 0) { perror("io_uring_setup"); return 1; }
+	size_t sqsz = p.sq_off.array + p.sq_entries * sizeof(unsigned);
+	char *sq = mmap(0, sqsz, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQ_RING);
+	struct io_uring_sqe *sqes = mmap(0, p.sq_entries * sizeof *sqes, PROT_READ | PROT_WRITE,
+		MAP_SHARED | MAP_POPULATE, fd, IORING_OFF_SQES);
+	if (sq == MAP_FAILED || sqes == MAP_FAILED) { perror("mmap"); return 1; }
+	int pfd[2];
+	if (pipe(pfd)) return 1;
+	static char buf[16];
+	memset(&sqes[0], 0, sizeof sqes[0]);
+	sqes[0].opcode = IORING_OP_READ;
+	sqes[0].flags = IOSQE_ASYNC;
+	sqes[0].fd = pfd[0];
+	sqes[0].addr = (unsigned long)buf;
+	sqes[0].len = sizeof buf;
+	unsigned *tail = (unsigned *)(sq + p.sq_off.tail), *array = (unsigned *)(sq + p.sq_off.array);
+	array[0] = 0;
+	__atomic_store_n(tail, 1, __ATOMIC_RELEASE);
+	if (syscall(__NR_io_uring_enter, fd, 1, 0, 0, NULL, 0) != 1) { perror("io_uring_enter"); return 1; }
+	FILE *f = fopen("iowrk.ready", "w");
+	fclose(f);
+	for (;;) pause();
 }
 """
 
@@ -235,3 +277,53 @@ def test_file_outside_the_container_is_refused(node, tmp_path):
     assert "sleep 1000" in node.ok("exec", "164", "ps -o args")
     assert z.finish().strip().endswith("PASS")
     node.ok("stop", "164")
+
+
+def test_io_uring_worker_refused_at_once(node):
+    """A process with an io-wq worker thread (a kernel thread in its thread group, never
+    stopping for ptrace) is refused by name before anything waits on that thread."""
+    z = start_counter_ct(node, 167)
+    priv = os.path.join(node.vzdir, "private", "167")
+    shutil.copy(build_c(IO_URING_WORKER, "iowrk"), os.path.join(priv, "root", "iowrk"))
+    node.ok("exec", "167", "cd /root && (./iowrk >/dev/null 2>&1 &)")
+    zdtm.wait_file(os.path.join(priv, "root", "iowrk.ready"), 10)
+    before = sorted(node.ct_procs(167))
+    t0 = time.monotonic()
+    r = node.vzctl("chkpnt", "167", timeout=60)
+    assert r.returncode == 16, (r.stdout, r.stderr)
+    assert "(iowrk): it uses io_uring (kernel worker thread" in r.stderr
+    assert time.monotonic() - t0 < 30
+    assert not os.path.exists(dumpfile(node, 167))
+    assert sorted(node.ct_procs(167)) == before
+    assert node.ok("status", "167").strip() == "CTID 167 exist mounted running"
+    assert z.finish().strip().endswith("PASS")
+    node.ok("stop", "167")
+
+
+def test_sigterm_cancels_chkpnt_cleanly(node):
+    """`kill` (cron's timeout, a closed terminal) during the dump: the container runs on,
+    unfrozen, its memory intact, and no half-written image is left."""
+    z = start_counter_ct(node, 168)
+    priv = os.path.join(node.vzdir, "private", "168")
+    shutil.copy(build_c(HOG_C, "hog"), os.path.join(priv, "root", "hog"))
+    node.ok("exec", "168", "cd /root && (./hog 768 >/dev/null 2>&1 &)")
+    zdtm.wait_file(os.path.join(priv, "root", "hog.ready"), 60)
+    before = sorted(node.ct_procs(168))
+    p = subprocess.Popen(
+        [*node.prefix(), "vzctl", "chkpnt", "168"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=node.env,
+    )  # fmt: skip
+    d = dumpfile(node, 168)
+    deadline = time.monotonic() + 30
+    while not (os.path.isdir(d) and any(f.startswith("pages-") for f in os.listdir(d))):
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.005)
+    p.send_signal(signal.SIGTERM)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 3, (out, err)
+    assert "Cancelled" in err and "Traceback" not in err
+    assert not os.path.exists(d)
+    assert node.ok("status", "168").strip() == "CTID 168 exist mounted running"
+    assert sorted(node.ct_procs(168)) == before
+    assert z.finish().strip().endswith("PASS")
+    node.ok("stop", "168")
