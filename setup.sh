@@ -2,8 +2,8 @@
 # One-command setup of a vzpy node on Debian 12, as root:
 #   system packages, the vzpy Python package, /etc/vz/vz.conf (if missing),
 #   the container init binary, and the OS templates (tiny + Debian 12 minimal,
-#   the default for `vzctl create`, + Debian 12 with redis-server, with OpenJDK 17,
-#   with PostgreSQL and with Xvfb, for the tests).
+#   the default for `vzctl create`, + for the tests Debian 12 with redis-server,
+#   with OpenJDK 17, and with PostgreSQL, MariaDB, nginx, sshd and Xvfb).
 # Safe to run again: it skips what is already there.
 set -eu
 cd "$(dirname "$0")"
@@ -63,6 +63,6 @@ build tiny tiny
 build debian-12-x86_64-minimal debian
 build debian-12-x86_64-redis debian --include redis-server
 build debian-12-x86_64-java debian --include openjdk-17-jre-headless
-build debian-12-x86_64-pgsql debian --include postgresql
-build debian-12-x86_64-x11 debian --include xvfb,x11-utils
+build debian-12-x86_64-apps debian \
+    --include postgresql,mariadb-server,nginx-light,openssh-server,xvfb,x11-utils
 echo "vzpy node ready"

@@ -184,7 +184,7 @@ def test_postgresql_session_survives(node):
     """PostgreSQL 15 (postmaster, its workers, shared memory, a unix socket under the
     /var/run -> /run symlink) and a psql session connected to it, through two cycles:
     the same backend answers on the same connection, and new connections work."""
-    node.create(305, template=template("debian-12-x86_64-pgsql"))
+    node.create(305, template=template("debian-12-x86_64-apps"))
     node.ok("start", "305")
     root = os.path.join(node.vzdir, "private", "305", "root")
     node.ok("exec", "305", "(pg_ctlcluster $(pg_lsclusters -h | cut -d' ' -f1,2) start) "
@@ -230,7 +230,7 @@ def test_postgresql_session_survives(node):
 def test_x_server_and_client(node):
     """Xvfb and a client connected to it (xev, over the X unix socket): after restore
     the server answers new clients and the old client still gets its events."""
-    node.create(306, template=template("debian-12-x86_64-x11"))
+    node.create(306, template=template("debian-12-x86_64-apps"))
     node.ok("start", "306")
     root = os.path.join(node.vzdir, "private", "306", "root")
     node.ok("exec", "306", "(Xvfb :1 -screen 0 800x600x24 -nolisten tcp "
@@ -252,3 +252,53 @@ def test_x_server_and_client(node):
     assert 'VZPY_AFTER(STRING) = "restored"' in got and 'VZPY_BEFORE(STRING) = "1"' in got
     assert node.ok("exec", "306", "pidof Xvfb xev").split() == pids
     node.ok("stop", "306", "--fast")
+
+
+def test_web_stack_nginx_mariadb_sshd(node, client):
+    """nginx (master and workers talking over O_ASYNC socketpairs), MariaDB (O_TMPFILE
+    files; native AIO off: io_uring cannot be checkpointed) and sshd, as `service`
+    starts them: after restore nginx serves and reloads, MariaDB has its rows and
+    takes writes, sshd greets new connections."""
+    ip = node.create(307, template=template("debian-12-x86_64-apps"))
+    node.ok("start", "307")
+    node.ok("exec", "307", "printf '[mysqld]\\ninnodb_use_native_aio=0\\n' "
+            ">/etc/mysql/mariadb.conf.d/99-vzpy.cnf")  # fmt: skip
+    for svc in ("nginx", "ssh", "mariadb"):
+        node.ok("exec", "307", f"service {svc} start </dev/null >/dev/null 2>&1")
+    node.ok("exec", "307", "mysql -e 'create database d; create table d.t(a int); "
+            "insert into d.t values (1),(2),(3)'")  # fmt: skip
+
+    def http_get() -> bytes:
+        def body():
+            with socket.create_connection((ip, 80), timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                return s.recv(64)
+
+        return client.in_ns(body)
+
+    def ssh_banner() -> bytes:
+        def body():
+            with socket.create_connection((ip, 22), timeout=10) as s:
+                return s.recv(64)
+
+        return client.in_ns(body)
+
+    assert http_get().startswith(b"HTTP/1.1 200")
+    assert ssh_banner().startswith(b"SSH-2.0-")
+    procs = sorted(node.ok("exec", "307", "pgrep 'nginx|sshd|mariadbd'").split())
+    node.ok("chkpnt", "307")
+    node.ok("restore", "307")
+    assert sorted(node.ok("exec", "307", "pgrep 'nginx|sshd|mariadbd'").split()) == procs
+    assert http_get().startswith(b"HTTP/1.1 200")
+    assert ssh_banner().startswith(b"SSH-2.0-")
+    out = node.ok("exec", "307", "mysql -N -e 'insert into d.t values (4); select sum(a) from d.t'")
+    assert out.split() == ["10"]
+    # the master tells its workers to go over the restored channels (SIGIO-driven)
+    workers = node.ok("exec", "307", "pgrep -f 'nginx: worker'").split()
+    node.ok("exec", "307", "nginx -s reload")
+    deadline = time.monotonic() + 20
+    while set(node.ok("exec", "307", "pgrep -f 'nginx: worker'").split()) & set(workers):
+        assert time.monotonic() < deadline, "nginx workers did not restart on reload"
+        time.sleep(0.2)
+    assert http_get().startswith(b"HTTP/1.1 200")
+    node.ok("stop", "307", "--fast")
