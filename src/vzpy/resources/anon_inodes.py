@@ -24,10 +24,9 @@ import fcntl
 import os
 
 from ..errors import UnsupportedError
-from .files import KINDS, FdKind, FdProbe, register_fd_kind
+from .files import KINDS, O_ASYNC, FdKind, FdProbe, register_fd_kind
 
 O_NONBLOCK = os.O_NONBLOCK
-O_ASYNC = 0o20000  # FASYNC
 
 
 def refuse(probe: FdProbe, what: str, why: str) -> UnsupportedError:

@@ -311,9 +311,7 @@ def restore_owner(rctx, entry: dict, ours: int) -> None:
             elif typ == F_OWNER_PGRP and t.pgid == ns and not t.zombie:
                 host = os.getpgid(t.host_pid)
         if not host:
-            raise RestoreError(
-                f"File {entry['id']}: its I/O signal owner {ns} is not in the image"
-            )
+            raise RestoreError(f"File {entry['id']}: its I/O signal owner {ns} is not in the image")
         fcntl.fcntl(ours, F_SETOWN_EX, struct.pack("ii", typ, host))
     if fown.get("signum"):
         fcntl.fcntl(ours, F_SETSIG, fown["signum"])

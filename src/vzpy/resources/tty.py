@@ -136,7 +136,6 @@ OTHER_TTY_MAJORS = frozenset({2, 3, 4, 188, 204, 229})
 O_ACCMODE = 0o3
 O_CLOEXEC = 0o2000000
 O_PATH = 0o10000000
-O_ASYNC = 0o20000
 N_TTY_BUF = 4095  # N_TTY_BUF_SIZE - 1: what one line discipline holds
 
 # termios bits (include/uapi/asm-generic/termbits.h)
