@@ -56,6 +56,15 @@ def debian_template() -> str | None:
     return None
 
 
+def require_template(name: str = "debian-12-x86_64-minimal") -> str:
+    """name, if the setup command built that template on this machine; else skip the test."""
+    if not os.path.exists(os.path.join("/vz/template/cache", name + ".tar.gz")):
+        import pytest
+
+        pytest.skip(f"template {name} not built (the setup command builds it)")
+    return name
+
+
 def ns_exists(name: str) -> bool:
     return os.path.exists(f"/run/netns/{name}")
 

@@ -8,7 +8,7 @@ import socket
 import time
 
 import pytest
-from vznode import debian_template
+from vznode import require_template
 
 import zdtm
 
@@ -17,15 +17,8 @@ pytestmark = pytest.mark.root
 PROGRAMS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "programs")
 
 
-def template(name="debian-12-x86_64-minimal"):
-    deb = debian_template()
-    if deb is None or not os.path.exists(os.path.join(os.path.dirname(deb), name + ".tar.gz")):
-        pytest.skip(f"template {name} not built (the setup command builds it)")
-    return name
-
-
 def test_python_threads_and_heap(node):
-    node.create(301, template=template())
+    node.create(301, template=require_template())
     node.ok("start", "301")
     priv = os.path.join(node.vzdir, "private", "301")
     shutil.copy(os.path.join(PROGRAMS, "pyheap.py"), os.path.join(priv, "root", "pyheap.py"))
@@ -101,7 +94,7 @@ def redis_cmd(client, ip, *args, timeout=10):
 
 
 def test_redis_answers_with_same_data(node, client):
-    ip = node.create(303, template=template("debian-12-x86_64-redis"))
+    ip = node.create(303, template=require_template("debian-12-x86_64-redis"))
     node.ok("start", "303")
     node.ok(
         "exec", "303",
@@ -130,7 +123,7 @@ def test_redis_answers_with_same_data(node, client):
 
 def test_jvm_threads_heap_and_gc(node):
     """OpenJDK 17 (G1, ~20 JVM threads, a 96 MiB heap) through two chkpnt/restore cycles."""
-    node.create(304, template=template("debian-12-x86_64-java"))
+    node.create(304, template=require_template("debian-12-x86_64-java"))
     node.ok("start", "304")
     root = os.path.join(node.vzdir, "private", "304", "root")
     shutil.copy(os.path.join(PROGRAMS, "JavaHeap.java"), os.path.join(root, "JavaHeap.java"))
@@ -184,7 +177,7 @@ def test_postgresql_session_survives(node):
     """PostgreSQL 15 (postmaster, its workers, shared memory, a unix socket under the
     /var/run -> /run symlink) and a psql session connected to it, through two cycles:
     the same backend answers on the same connection, and new connections work."""
-    node.create(305, template=template("debian-12-x86_64-apps"))
+    node.create(305, template=require_template("debian-12-x86_64-apps"))
     node.ok("start", "305")
     root = os.path.join(node.vzdir, "private", "305", "root")
     node.ok("exec", "305", "(pg_ctlcluster $(pg_lsclusters -h | cut -d' ' -f1,2) start) "
@@ -230,7 +223,7 @@ def test_postgresql_session_survives(node):
 def test_x_server_and_client(node):
     """Xvfb and a client connected to it (xev, over the X unix socket): after restore
     the server answers new clients and the old client still gets its events."""
-    node.create(306, template=template("debian-12-x86_64-apps"))
+    node.create(306, template=require_template("debian-12-x86_64-apps"))
     node.ok("start", "306")
     root = os.path.join(node.vzdir, "private", "306", "root")
     node.ok("exec", "306", "(Xvfb :1 -screen 0 800x600x24 -nolisten tcp "
@@ -259,7 +252,7 @@ def test_web_stack_nginx_mariadb_sshd(node, client):
     files; native AIO off: io_uring cannot be checkpointed) and sshd, as `service`
     starts them: after restore nginx serves and reloads, MariaDB has its rows and
     takes writes, sshd greets new connections."""
-    ip = node.create(307, template=template("debian-12-x86_64-apps"))
+    ip = node.create(307, template=require_template("debian-12-x86_64-apps"))
     node.ok("start", "307")
     node.ok("exec", "307", "printf '[mysqld]\\ninnodb_use_native_aio=0\\n' "
             ">/etc/mysql/mariadb.conf.d/99-vzpy.cnf")  # fmt: skip

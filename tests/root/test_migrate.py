@@ -25,7 +25,7 @@ import pytest
 from cbuild import build_c
 from cprogs import HOG_C
 from sshnode import SshNode
-from vznode import debian_template
+from vznode import require_template
 
 import zdtm
 from vzpy.container.cgroup import CtCgroup
@@ -857,11 +857,7 @@ def test_online_python_and_redis_under_load_there_and_back(node, node_b, sa, sb,
     """A Debian container serving a Python echo server and redis moves A -> B -> A while
     clients on the LAN stream to both: no reset, every echoed byte back once and in
     order, every INCR answered exactly once, the same server processes on arrival."""
-    deb = debian_template()
-    redis = "debian-12-x86_64-redis"
-    if deb is None or not os.path.exists(os.path.join(os.path.dirname(deb), redis + ".tar.gz")):
-        pytest.skip(f"template {redis} not built (the setup command builds it)")
-    ip = node.create(820, template=redis)
+    ip = node.create(820, template=require_template("debian-12-x86_64-redis"))
     node.ok("start", "820")
     root = os.path.join(private(node, 820), "root")
     with open(os.path.join(root, "srv.py"), "w") as f:

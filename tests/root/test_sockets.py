@@ -18,7 +18,7 @@ import time
 
 import pytest
 from netload import PORT, SERVER, EchoClient, NsThread, pattern
-from vznode import debian_template
+from vznode import require_template
 
 import zdtm
 from vzpy.sys import netlock
@@ -30,13 +30,6 @@ pytestmark = pytest.mark.root
 # --- helpers ------------------------------------------------------------------------------
 def ns_path(client) -> str:
     return f"/run/netns/{client.ns}"
-
-
-def template(name: str) -> str:
-    deb = debian_template()
-    if deb is None or not os.path.exists(os.path.join(os.path.dirname(deb), name + ".tar.gz")):
-        pytest.skip(f"template {name} not built (the setup command builds it)")
-    return name
 
 
 def tcp_state(s: socket.socket) -> int:
@@ -53,7 +46,7 @@ def init_pid(node, ctid: int) -> int:
 
 
 def start_server(node, ctid: int) -> str:
-    ip = node.create(ctid, template=template("debian-12-x86_64-minimal"))
+    ip = node.create(ctid, template=require_template("debian-12-x86_64-minimal"))
     node.ok("start", str(ctid))
     root = os.path.join(node.vzdir, "private", str(ctid), "root")
     with open(os.path.join(root, "srv.py"), "w") as f:
@@ -199,7 +192,7 @@ def redis_request(sock: socket.socket, *args: str) -> bytes:
 
 
 def test_redis_answers_on_the_same_connection(node, client):
-    ip = node.create(403, template=template("debian-12-x86_64-redis"))
+    ip = node.create(403, template=require_template("debian-12-x86_64-redis"))
     node.ok("start", "403")
     try:
         node.ok(

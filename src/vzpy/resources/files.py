@@ -279,8 +279,8 @@ def dump_owner(ctx, probe: FdProbe) -> dict | None:
     ns = 0
     if pid and typ == F_OWNER_PGRP:
         # the group's leader may be gone: any member tells its number inside
-        ns = next((p.pgid for p in getattr(ctx, "procs", ()) if p.stat.pgrp == pid), 0)
-    elif pid and hasattr(ctx, "ns_tid"):
+        ns = next((p.pgid for p in ctx.procs if p.stat.pgrp == pid), 0)
+    elif pid:
         ns = ctx.ns_tid(pid)
     if pid and not ns:
         raise UnsupportedError(
@@ -406,14 +406,11 @@ O_TMPFILE = 0o20000000 | os.O_DIRECTORY
 MEM_MAJOR = 1  # /dev/null, zero, full, random, urandom: the same device in any /dev
 
 
-def container_mount_ids(ctx) -> frozenset[int] | None:
-    """The mount ids of the container's mount table (None outside a container dump)."""
-    ids = ctx.extra.get("files.mnt_ids") if hasattr(ctx, "extra") else None
+def container_mount_ids(ctx) -> frozenset[int]:
+    """The mount ids of the container's mount table (read once per dump)."""
+    ids = ctx.extra.get("files.mnt_ids")
     if ids is None:
-        init = getattr(ctx, "init_pid", 0)
-        if not init:
-            return None
-        with open(f"/proc/{init}/mountinfo", "rb") as f:
+        with open(f"/proc/{ctx.init_pid}/mountinfo", "rb") as f:
             ids = frozenset(m.mnt_id for m in procfs.parse_mountinfo(f.read()))
         ctx.extra["files.mnt_ids"] = ids
     return ids
@@ -426,9 +423,8 @@ def _check_inside(ctx, probe: FdProbe, path: str) -> None:
     file (or none).  Such fds are typically vzctl exec's stdin/stdout/stderr,
     which a command started in the background keeps.
     """
-    ids = container_mount_ids(ctx)
     st = probe.st
-    if ids is None or probe.info.mnt_id in ids:
+    if probe.info.mnt_id in container_mount_ids(ctx):
         return
     if st is not None and stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) == MEM_MAJOR:
         return

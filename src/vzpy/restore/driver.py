@@ -338,13 +338,13 @@ def _undump(rctx: RestoreCtx, skip_arpdetect: bool) -> None:
         if t.zombie:
             _make_zombie(rctx, t)
     # File kinds that need every file to exist first (epoll targets...).
-    for entry in _files_by_id(rctx).values():
-        if entry["id"] in rctx.file_fds:
-            res_files.kind_for_detail(entry["detail"]).after_tasks(rctx, entry)
-    # Signal-driven I/O, now that the owners exist.
+    # Signal-driven I/O too, now that the owners exist.
     for entry in _files_by_id(rctx).values():
         ours = rctx.file_fds.get(entry["id"])
-        if ours is not None and (entry.get("fown") or entry["flags"] & res_files.O_ASYNC):
+        if ours is None:
+            continue
+        res_files.kind_for_detail(entry["detail"]).after_tasks(rctx, entry)
+        if entry.get("fown") or entry["flags"] & res_files.O_ASYNC:
             res_files.restore_owner(rctx, entry, ours)
     for r in res_base.CT_RESOURCES:
         r.restore_late(rctx)
